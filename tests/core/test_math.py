@@ -1,0 +1,245 @@
+"""The adapter math, tested as math: identity at init, gradients vs autograd, exp vs Taylor,
+merge / unmerge round trips, rank capacity, DoRA and PiSSA, zero entries."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from liera_vision.core import AdapterConfig, AdapterLayer, composed_weight
+from tests.conftest import input_for
+from tests.core.reference import randomize_, reference_delta, reference_module, reference_weight
+
+METHODS = [
+    dict(method="liera", composition="taylor"),
+    dict(method="liera", composition="exp"),
+    dict(method="lora"),
+]
+VARIANTS = [None, "dora", "pissa"]
+GRID = [dict(m, variant=v) for m, v in itertools.product(METHODS, VARIANTS)]
+GRID_IDS = [f"{g.get('variant') or 'plain'}-{g['method']}-{g.get('composition', 'add')}" for g in GRID]
+# rank 2 keeps every zoo layer within its rank limit (the 1-input-channel depthwise has fan-in 49)
+RANK = 2
+
+
+def adapt(layer: nn.Module, factorization: str = "kernel", **kw) -> AdapterLayer:
+    kw.setdefault("rank", RANK)
+    return AdapterLayer(layer, AdapterConfig(factorization=factorization, **kw), name="zoo")
+
+
+@pytest.mark.parametrize("factorization", ["kernel", "flat"])
+@pytest.mark.parametrize("cfg", GRID, ids=GRID_IDS)
+def test_identity_at_initialisation(zoo_layer, cfg, factorization):
+    name, base = zoo_layer
+    x = input_for(base)
+    expected = base(x)
+    layer = adapt(base, factorization, **cfg)
+    assert torch.allclose(layer(x), expected, atol=1e-6, rtol=0), name
+    assert torch.allclose(layer.effective_weight(), base.weight, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("factorization", ["kernel", "flat"])
+@pytest.mark.parametrize("cfg", GRID, ids=GRID_IDS)
+def test_forward_and_gradients_match_plain_autograd_reference(zoo_layer, cfg, factorization):
+    """The custom autograd function and the wrapper equal the textbook formula, values and gradients."""
+    name, base = zoo_layer
+    layer = randomize_(adapt(base, factorization, **cfg))
+    x = input_for(base)
+    # the wrapper's forward equals an independent copy of the layer carrying W' (geometry preserved)
+    assert torch.allclose(layer(x), reference_module(layer)(x), atol=1e-5, rtol=1e-5), name
+
+    target = torch.randn_like(layer(x))
+    params = [p for p in layer.parameters(recurse=False)]
+    ours = torch.autograd.grad((layer(x) * target).sum(), params)
+    ref_out = layer.base_layer._conv_forward(x, reference_weight(layer), layer.base_layer.bias) \
+        if isinstance(base, nn.Conv2d) else nn.functional.linear(x, reference_weight(layer), base.bias)
+    theirs = torch.autograd.grad((ref_out * target).sum(), params)
+    for p, a, b in zip(params, ours, theirs):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (name, p.shape)
+
+
+@pytest.mark.parametrize("mode", ["additive", "taylor", "exp"])
+@pytest.mark.parametrize("zero_fallback", [False, True])
+@pytest.mark.parametrize("pissa", [False, True])
+def test_composed_weight_gradcheck(mode, zero_fallback, pissa):
+    """Finite differences (float64) for W, B and A, including entries where W == 0."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64)
+    w[0, 0] = 0.0
+    w.requires_grad_(True)
+    B = torch.randn(6 * 3, 4, dtype=torch.float64, requires_grad=True)  # kernel factorization: 6·3 x 2·3
+    A = torch.randn(4, 2 * 3, dtype=torch.float64, requires_grad=True)
+    B0 = torch.randn_like(B).detach() if pissa else None
+    A0 = torch.randn_like(A).detach() if pissa else None
+
+    def fn(w, B, A):
+        return composed_weight(w, B, A, B0=B0, A0=A0, scaling=0.3, mode=mode, zero_fallback=zero_fallback)
+
+    assert torch.autograd.gradcheck(fn, (w, B, A))
+
+
+def test_exp_and_taylor_agree_to_second_order():
+    """‖W ⊙ (e^{tΔ} − 1 − tΔ)‖ is O(t²): elementwise ≤ |W| (tΔ)²/2 · e^{|tΔ|}, and halving t quarters it."""
+    torch.manual_seed(0)
+    base = nn.Conv2d(16, 16, 7, padding=3, groups=16).double()
+    source = randomize_(adapt(base, composition="exp"), scale=1.0).state_dict()
+    errors = []
+    for t in [0.02, 0.01, 0.005, 0.0025]:
+        exact = adapt(base, composition="exp", alpha=RANK * t)
+        taylor = adapt(base, composition="taylor", alpha=RANK * t)
+        exact.load_state_dict(source)
+        taylor.load_state_dict(source)
+        with torch.no_grad():
+            d = exact.delta()
+            assert torch.equal(d, taylor.delta())
+            gap = (exact.effective_weight() - taylor.effective_weight()).abs()
+            bound = base.weight.abs() * d.square() / 2 * d.abs().exp()
+        assert (gap <= bound * (1 + 1e-9) + 1e-15).all()
+        errors.append(gap.norm().item())
+    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    assert all(3.8 < r < 4.2 for r in ratios), ratios
+
+
+@pytest.mark.parametrize("factorization", ["kernel", "flat"])
+@pytest.mark.parametrize("cfg", GRID, ids=GRID_IDS)
+def test_merge_unmerge_round_trip(zoo_layer, cfg, factorization):
+    name, base = zoo_layer
+    original = base.weight.detach().clone()
+    layer = randomize_(adapt(base, factorization, **cfg))
+    x = input_for(base)
+    adapted = layer(x).detach()
+    delta = layer.get_delta_weight()
+    layer.merge()
+    assert layer.merged
+    assert torch.allclose(layer.base_layer.weight, original + delta, atol=1e-6)
+    assert torch.allclose(layer(x), adapted, atol=1e-4, rtol=1e-4), name
+    layer.unmerge()
+    rel = (layer.base_layer.weight - original).norm() / original.norm()
+    assert rel <= 1e-5
+    assert torch.allclose(layer(x), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_unmerge_where_the_lie_factor_is_zero():
+    """Taylor with ΔW = −1 makes W' = 0: unmerging must not divide by (1 + ΔW)."""
+    base = nn.Linear(4, 3)
+    original = base.weight.detach().clone()
+    layer = adapt(base, rank=1)
+    with torch.no_grad():
+        layer.lora_A.fill_(1.0)
+        layer.lora_B.fill_(-1.0)
+    layer.merge()
+    assert torch.count_nonzero(layer.base_layer.weight) == 0
+    layer.unmerge()
+    assert torch.equal(layer.base_layer.weight, original)
+
+
+@pytest.mark.parametrize("r", [1, 4, 8])
+def test_rank_capacity(r):
+    """rank(ΔW_LoRA) ≤ r while the Lie update W ⊙ ΔW of a full-rank W is full rank."""
+    torch.manual_seed(0)
+    n = 48
+    base = nn.Linear(n, n, bias=False)
+    assert torch.linalg.matrix_rank(base.weight).item() == n
+    lora = randomize_(adapt(base, method="lora", rank=r), scale=1.0)
+    liera = randomize_(adapt(base, method="liera", rank=r), scale=1.0)
+    assert torch.linalg.matrix_rank(lora.get_delta_weight()).item() <= r
+    assert torch.linalg.matrix_rank(liera.delta()).item() <= r  # the algebra element is low rank …
+    assert torch.linalg.matrix_rank(liera.get_delta_weight()).item() == n  # … its effect on W is not
+
+
+def test_rank_capacity_conv_kernel():
+    """Same for a 3×3 conv seen as a (C_out, C_in·9) matrix, under the flat factorization."""
+    torch.manual_seed(0)
+    base = nn.Conv2d(32, 24, 3)
+    lora = randomize_(adapt(base, "flat", method="lora", rank=2), scale=1.0)
+    liera = randomize_(adapt(base, "flat", method="liera", rank=2), scale=1.0)
+    assert torch.linalg.matrix_rank(lora.get_delta_weight().flatten(1)).item() <= 2
+    assert torch.linalg.matrix_rank(liera.get_delta_weight().flatten(1)).item() == 24
+
+
+def test_dora_magnitude_is_per_output_channel_and_controls_the_norm():
+    base = nn.Conv2d(16, 32, 3, groups=4)
+    layer = randomize_(adapt(base, variant="dora"))
+    assert layer.dora_magnitude.shape == (32,)
+    expected = base.weight.detach().reshape(32, -1).norm(dim=1)  # over (C_in/groups, kh, kw)
+    fresh = adapt(nn.Conv2d(16, 32, 3, groups=4), variant="dora")
+    assert torch.allclose(fresh.dora_magnitude, fresh.base_layer.weight.reshape(32, -1).norm(dim=1))
+    assert expected.shape == (32,)
+    with torch.no_grad():
+        layer.dora_magnitude.copy_(torch.linspace(0.5, 2.0, 32))
+        norms = layer.effective_weight().reshape(32, -1).norm(dim=1)
+    assert torch.allclose(norms, torch.linspace(0.5, 2.0, 32), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", [dict(method="liera"), dict(method="lora")])
+def test_pissa_starts_at_principal_components(method):
+    torch.manual_seed(0)
+    base = nn.Linear(20, 16)
+    layer = adapt(base, variant="pissa", rank=4, alpha=2.0, **method)
+    u, s, vh = torch.linalg.svd(base.weight.detach().double())
+    principal = (u[:, :4] * s[:4]) @ vh[:4]
+    assert torch.allclose((layer.scaling * layer.lora_B @ layer.lora_A).double(), principal, atol=1e-5)
+    assert torch.equal(layer.pissa_A0, layer.lora_A.detach())
+    assert torch.count_nonzero(layer.delta()) == 0
+
+
+def test_pissa_kernel_factorization_pads_missing_singular_values():
+    """A depthwise 7×7 under the kernel factorization is a 7-row matrix: components 8.. start as LoRA."""
+    base = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    layer = adapt(base, variant="pissa", rank=2)  # inner = 14 > 7 singular values
+    assert layer.lora_B.shape == (7, 14)
+    assert torch.count_nonzero(layer.lora_B[:, 7:]) == 0 and torch.count_nonzero(layer.lora_A[7:]) > 0
+    x = torch.randn(1, 8, 9, 9)
+    out = layer(x).sum()
+    out.backward()
+    assert torch.count_nonzero(layer.lora_B.grad[:, 7:]) > 0  # the padded components learn
+
+
+def _train_steps(layer: AdapterLayer, x: torch.Tensor, steps: int = 3) -> None:
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(steps):
+        opt.zero_grad()
+        (layer(x) - 1.0).square().mean().backward()
+        opt.step()
+
+
+def test_zero_entries_stay_zero_under_lie_update_and_move_with_fallback():
+    torch.manual_seed(0)
+    base = nn.Linear(8, 6)
+    with torch.no_grad():
+        base.weight[:, :2] = 0.0
+        base.weight.requires_grad_(False)
+    x = torch.randn(16, 8)
+    zero = base.weight == 0
+    for cfg, should_move in [(dict(method="liera"), False), (dict(method="liera", composition="exp"), False),
+                             (dict(method="liera", zero_weight_fallback=True), True), (dict(method="lora"), True)]:
+        layer = adapt(nn.Linear(8, 6).requires_grad_(False), **cfg)
+        with torch.no_grad():
+            layer.base_layer.weight.copy_(base.weight)
+        _train_steps(layer, x)
+        moved = layer.effective_weight().detach()[zero].abs().max().item()
+        assert (moved > 1e-4) == should_move, (cfg, moved)
+        assert not torch.equal(layer.effective_weight()[~zero], base.weight[~zero])
+
+
+def test_rank_dropout_is_training_only_and_keeps_identity():
+    torch.manual_seed(0)
+    base = nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 8, 8)
+    for variant in [None, "pissa"]:
+        layer = adapt(base, rank=4, dropout=0.5, variant=variant).train()
+        assert torch.allclose(layer(x), base(x), atol=1e-6)  # identity holds under any mask
+        randomize_(layer)
+        outs = {tuple(layer(x).flatten()[:8].tolist()) for _ in range(6)}
+        assert len(outs) > 1  # masks differ between steps
+        layer.eval()
+        assert torch.allclose(layer(x), reference_module(layer)(x), atol=1e-5)
+
+
+def test_delta_is_the_reference_delta():
+    base = nn.Conv2d(8, 16, 3)
+    layer = randomize_(adapt(base, variant="pissa"))
+    assert torch.allclose(layer.delta(), reference_delta(layer).detach(), atol=1e-6)

@@ -1,0 +1,130 @@
+"""Runtime behaviour: memory kept for backward, autocast and dtypes, torch.compile, whole ConvNeXt-V2 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from liera_vision.core import (
+    AdapterConfig,
+    AdapterLayer,
+    adapter_layers,
+    apply_adapters,
+    merge_and_unload,
+)
+from tests.core.reference import randomize_
+from tests.core.test_math import GRID, GRID_IDS
+
+
+def weight_sized_saved(fn, weight: torch.Tensor) -> int:
+    """Distinct weight-sized tensors autograd keeps for backward during ``fn()``, the parameter excluded."""
+    ptrs = set()
+
+    def pack(t):
+        if t.numel() == weight.numel() and t.data_ptr() != weight.data_ptr():
+            ptrs.add(t.data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn().sum().backward()
+    return len(ptrs)
+
+
+@pytest.mark.parametrize("cfg", [dict(method="liera"), dict(method="liera", composition="exp"), dict(method="lora")],
+                         ids=["taylor", "exp", "additive"])
+def test_backward_keeps_at_most_one_weight_sized_tensor(cfg):
+    base = nn.Conv2d(64, 64, 7, padding=3, groups=64)  # weight 3136 entries, input 6*64*9*9 = 31104
+    layer = randomize_(AdapterLayer(base, AdapterConfig(rank=4, **cfg)))
+    x = torch.randn(6, 64, 9, 9)
+    assert weight_sized_saved(lambda: layer(x), base.weight) <= 1
+
+    def naive():  # the textbook expression through plain autograd keeps ΔW (and exp(ΔW)) too
+        d = layer.scaling * (layer.lora_B @ layer.lora_A).view(base.weight.shape)
+        w = base.weight * torch.exp(d) if cfg.get("composition") == "exp" else base.weight + base.weight * d
+        return F.conv2d(x, w, base.bias, padding=3, groups=64)
+
+    if cfg["method"] == "liera":
+        assert weight_sized_saved(naive, base.weight) >= 2
+
+
+def test_autocast_keeps_adapters_fp32():
+    layer = randomize_(AdapterLayer(nn.Conv2d(8, 16, 3), AdapterConfig(rank=2)))
+    x = torch.randn(2, 8, 10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    for p in (layer.lora_A, layer.lora_B):
+        assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
+        assert torch.count_nonzero(p.grad) > 0
+
+
+def test_half_precision_base_gets_fp32_adapters():
+    base = nn.Conv2d(8, 16, 3).to(torch.bfloat16)
+    layer = randomize_(AdapterLayer(base, AdapterConfig(rank=2, variant="dora")))
+    assert layer.lora_A.dtype == layer.dora_magnitude.dtype == torch.float32
+    y = layer(torch.randn(2, 8, 10, 10, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.lora_B.grad.dtype == torch.float32
+
+
+def test_to_device_and_dtype():
+    layer = randomize_(AdapterLayer(nn.Linear(6, 4), AdapterConfig(rank=2)))
+    x = torch.randn(3, 6)
+    expected = layer(x).double()
+    layer.merge()
+    layer = layer.to(device="cpu", dtype=torch.float64)
+    assert layer.lora_A.dtype == torch.float64 and layer._unmerged_weight.dtype == torch.float64
+    layer.unmerge()
+    assert torch.allclose(layer(x.double()), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_an_adapted_model_on_cpu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.GELU(), nn.Conv2d(8, 8, 7, padding=3, groups=8),
+                          nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    apply_adapters(model, AdapterConfig(rank=2, targets="all"))
+    for layer in adapter_layers(model).values():
+        randomize_(layer)
+    x = torch.randn(2, 3, 32, 32)
+    eager_out = model(x)
+    eager_grads = torch.autograd.grad(eager_out.sum(), [model[0].lora_A, model[2].lora_B])
+    compiled = torch.compile(model)
+    out = compiled(x)
+    grads = torch.autograd.grad(out.sum(), [model[0].lora_A, model[2].lora_B])
+    assert torch.allclose(out, eager_out, atol=1e-5)
+    for a, b in zip(grads, eager_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", GRID, ids=GRID_IDS)
+def test_convnextv2_atto_identity_training_and_merge(cfg, atto_factory):
+    """On a whole model: identity at init, only adapters and head learn, merge_and_unload loads into timm."""
+    torch.manual_seed(0)
+    model = atto_factory()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    model, report = apply_adapters(model, AdapterConfig(rank=4, modules_to_save=["head"], **cfg))
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    assert len(report.layers) == 1 + 3 + 12
+
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+        opt.step()
+    assert all(torch.equal(frozen[n], p) for n, p in model.named_parameters() if n in frozen)
+    model.eval()
+    adapted = model(x).detach()
+    assert not torch.allclose(adapted, expected, atol=1e-4)
+
+    merged = merge_and_unload(model)
+    fresh = atto_factory()
+    fresh.load_state_dict(merged.state_dict(), strict=True)
+    assert torch.allclose(fresh(x), adapted, atol=1e-4)

@@ -1,0 +1,54 @@
+"""Package layout and import directions (DESIGN.md): core stays torch-only and light."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ["lightning", "pytorch_lightning", "lightning_fabric", "mmengine", "mmdet", "mmcv", "timm", "torchmetrics"]
+
+
+@pytest.mark.parametrize("module", ["liera_vision", "liera_vision.core", "liera_vision.models"])
+def test_import_is_light(module):
+    code = (f"import sys, {module}; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"import {module} loaded {out.strip()}"
+
+
+def imports_of(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / "liera_vision" / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the package path
+                    parts = ["liera_vision", *path.relative_to(ROOT / "liera_vision").parent.parts]
+                    base = parts[: len(parts) - node.level + 1]
+                    found.add(".".join(base + ([node.module] if node.module else [])))
+                elif node.module:
+                    found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("core", ["liera_vision.models", "liera_vision.vtab", "liera_vision.det", "tools"]),
+    ("models", ["liera_vision.vtab", "liera_vision.det", "tools"]),
+    ("vtab", ["liera_vision.det", "tools"]),
+    ("det", ["liera_vision.vtab", "tools"]),
+])
+def test_import_directions(package, forbidden):
+    bad = {name for name in imports_of(package) for f in forbidden if name == f or name.startswith(f + ".")}
+    assert not bad, f"liera_vision.{package} imports {sorted(bad)}"
+
+
+def test_core_imports_only_torch_and_stdlib():
+    third_party = {n.split(".")[0] for n in imports_of("core")} - set(sys.stdlib_module_names)
+    assert third_party <= {"torch", "liera_vision", "yaml", "safetensors"}, third_party
