@@ -22,6 +22,7 @@ def layer_zoo() -> dict[str, nn.Module]:
         "grouped3x3": nn.Conv2d(16, 32, kernel_size=3, padding=1, groups=4, bias=False),
         "dilated3x3": nn.Conv2d(8, 8, kernel_size=3, padding=2, dilation=2),
         "same_reflect": nn.Conv2d(8, 12, kernel_size=3, padding="same", padding_mode="reflect"),
+        "nonsquare3x5": nn.Conv2d(8, 8, kernel_size=(3, 5), stride=(1, 2), padding=(1, 2)),
         "conv1x1": nn.Conv2d(8, 16, kernel_size=1),
         "linear": nn.Linear(12, 10),
     }

@@ -243,3 +243,12 @@ def test_delta_is_the_reference_delta():
     base = nn.Conv2d(8, 16, 3)
     layer = randomize_(adapt(base, variant="pissa"))
     assert torch.allclose(layer.delta(), reference_delta(layer).detach(), atol=1e-6)
+
+
+def test_non_square_kernel_factor_shapes():
+    """Under ``kernel`` a (kh, kw) kernel uses kh rows / kw columns (loralib's rule for kh == kw)."""
+    base = nn.Conv2d(8, 6, kernel_size=(3, 5))
+    kernel = adapt(base, rank=2)
+    assert kernel.lora_B.shape == (6 * 3, 2 * 3) and kernel.lora_A.shape == (2 * 3, 8 * 5)
+    flat = adapt(base, "flat", rank=2)
+    assert flat.lora_B.shape == (6, 2) and flat.lora_A.shape == (2, 8 * 15)
