@@ -1,12 +1,11 @@
 """How ΔW meets W: additive, Lie-Taylor, Lie-exact; and DoRA's renormalisation.
 
 ``composed_weight`` is a custom autograd function (in the spirit of PEFT's ``HadaWeight``):
-autograd through the plain expression would save ``ΔW`` (and for ``exp`` also ``exp(ΔW)``)
-for backward, one or two weight-sized tensors per layer on top of the composed weight that
-the convolution itself keeps. Here backward recomputes what it needs from the low-rank
-factors and keeps at most one weight-sized tensor: none for additive and Taylor (``W`` is the
-frozen parameter, stored anyway), the output itself for ``exp`` (the same tensor the
-convolution saves).
+autograd through the plain expression keeps ``exp(ΔW)`` for ``exp`` and ``ΔW`` whenever ``W``
+itself trains, weight-sized tensors on top of the composed weight that the convolution keeps.
+Here backward recomputes what it needs from the low-rank factors and keeps at most one
+weight-sized tensor: none for additive and Taylor (``W`` is the parameter, stored anyway), the
+output itself for ``exp`` (the same tensor the convolution saves).
 
 =========  =========================  ====================================
 mode       W'                         ∂L/∂ΔW

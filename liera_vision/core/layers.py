@@ -32,7 +32,7 @@ class AdapterLayer(nn.Module):
             raise ValueError(f"layer '{name}' is already adapted; applying adapters twice to one layer "
                              "is not supported (merge_and_unload first)")
         shape = factor_shape(base_layer, config.rank, config.factorization, name)
-        self.base_layer = base_layer
+        self.base_layer = base_layer.requires_grad_(False)  # W is frozen; only the adapter learns
         self.layer_name = name
         self.factors = shape
         self.scaling = config.scaling
@@ -95,9 +95,12 @@ class AdapterLayer(nn.Module):
             return self.base_layer(x)
         weight = self.effective_weight(dropout=self.training)
         base = self.base_layer
-        if isinstance(base, nn.Conv2d):
+        if type(base).forward is nn.Conv2d.forward:
             return base._conv_forward(x, weight, base.bias)
-        return F.linear(x, weight, base.bias)
+        if type(base).forward is nn.Linear.forward:
+            return F.linear(x, weight, base.bias)
+        # subclasses with their own forward (timm's Conv2dSame, StdConv2d …) run it with W' swapped in
+        return torch.func.functional_call(base, {"weight": weight}, (x,))
 
     # --- merging ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -252,3 +252,19 @@ def test_non_square_kernel_factor_shapes():
     assert kernel.lora_B.shape == (6 * 3, 2 * 3) and kernel.lora_A.shape == (2 * 3, 8 * 5)
     flat = adapt(base, "flat", rank=2)
     assert flat.lora_B.shape == (6, 2) and flat.lora_A.shape == (2, 8 * 15)
+
+
+def test_conv_subclass_with_its_own_forward():
+    """timm's TF-style 'SAME' conv pads inside forward(): the adapter must run that forward, not bypass it."""
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    base = Conv2dSame(8, 8, kernel_size=3, stride=2)
+    x = torch.randn(1, 8, 9, 9)
+    expected = base(x)
+    layer = adapt(base)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    randomize_(layer)
+    assert torch.allclose(layer(x), reference_module(layer)(x), atol=1e-5)
+    layer(x).sum().backward()
+    assert layer.lora_A.grad is not None and layer.base_layer.weight.grad is None

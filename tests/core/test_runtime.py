@@ -40,12 +40,12 @@ def test_backward_keeps_at_most_one_weight_sized_tensor(cfg):
     x = torch.randn(6, 64, 9, 9)
     assert weight_sized_saved(lambda: layer(x), base.weight) <= 1
 
-    def naive():  # the textbook expression through plain autograd keeps ΔW (and exp(ΔW)) too
+    def naive():  # the textbook expression through plain autograd
         d = layer.scaling * (layer.lora_B @ layer.lora_A).view(base.weight.shape)
         w = base.weight * torch.exp(d) if cfg.get("composition") == "exp" else base.weight + base.weight * d
         return F.conv2d(x, w, base.bias, padding=3, groups=64)
 
-    if cfg["method"] == "liera":
+    if cfg.get("composition") == "exp":  # the test can tell: plain autograd keeps exp(ΔW) beside W'
         assert weight_sized_saved(naive, base.weight) >= 2
 
 
