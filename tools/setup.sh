@@ -27,7 +27,7 @@ $PY -m pip install -q -e ".[dev]"
 echo "setup: mmcv with compiled ops"
 $PY tools/install_mmcv.py
 
-echo "setup: det extra (mmengine, mmdet; mmcv is already satisfied)"
-$PY -m pip install -q -e ".[det,dev]"
+echo "setup: det and bench extras (mmengine, mmdet, peft; mmcv is already satisfied)"
+$PY -m pip install -q -e ".[det,dev,bench]"
 $PY tools/install_mmcv.py --check
 echo "setup: done. Activate with 'source .venv/bin/activate'."

@@ -103,6 +103,10 @@ class AdapterConfig:
         prefix = f"{self.variant}+" if self.variant else ""
         return f"{prefix}{base}-r{self.rank}"
 
+    def describe(self) -> str:
+        """One line for logs, e.g. ``liera-taylor-r16 (kernel, scaling 1)``."""
+        return f"{self.name} ({self.factorization}, scaling {self.scaling:g})"
+
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

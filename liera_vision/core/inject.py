@@ -107,14 +107,10 @@ class AdaptationReport:
         rows = [f"{'layer':<40} {'type':<20} {'weight':<20} {'adapter params':>14}"]
         for layer in self.layers:
             rows.append(f"{layer.name:<40} {layer.kind:<20} {str(layer.weight_shape):<20} {layer.adapter_params:>14,}")
-        rows.append(f"{config_line(self.config)}: {len(self.layers)} layers adapted, "
+        rows.append(f"{self.config.describe()}: {len(self.layers)} layers adapted, "
                     f"{self.adapter_params:,} adapter params; modules_to_save={self.modules_to_save}; "
                     f"trainable {self.trainable:,} / {self.total:,} ({100 * self.trainable / max(self.total, 1):.2f}%)")
         return "\n".join(rows)
-
-
-def config_line(config: AdapterConfig) -> str:
-    return f"{config.name} ({config.factorization}, scaling {config.scaling:g})"
 
 
 def _kind(module: nn.Module) -> str:

@@ -47,17 +47,32 @@ class AdapterLayer(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(shape.inner, shape.cols, **factory))
         self.lora_B = nn.Parameter(torch.empty(shape.rows, shape.inner, **factory))
         if config.variant == "pissa":
-            init_pissa_(self.lora_A.data, self.lora_B.data, weight.detach().reshape(shape.rows, shape.cols),
-                        self.scaling)
-            self.register_buffer("pissa_A0", self.lora_A.detach().clone())
-            self.register_buffer("pissa_B0", self.lora_B.detach().clone())
+            self.register_buffer("pissa_A0", torch.empty_like(self.lora_A.detach()))
+            self.register_buffer("pissa_B0", torch.empty_like(self.lora_B.detach()))
         else:
-            init_lora_(self.lora_A.data, self.lora_B.data)
             self.pissa_A0 = self.pissa_B0 = None
-        if config.variant == "dora":
-            self.dora_magnitude = nn.Parameter(channel_norm(weight.detach().to(factory["dtype"])))
+        magnitude = config.variant == "dora"
+        self.dora_magnitude = nn.Parameter(torch.empty(weight.shape[0], **factory)) if magnitude else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """(Re-)initialise the adapter from the current base weight: identity again.
+
+        Call it after loading new base weights into an adapted model: PiSSA's factors and DoRA's
+        magnitude depend on W.
+        """
+        if self.merged:
+            raise ValueError(f"layer '{self.layer_name}': unmerge before reset_parameters()")
+        weight = self.base_layer.weight.detach()
+        if self.pissa_A0 is not None:
+            init_pissa_(self.lora_A, self.lora_B, weight.reshape(self.factors.rows, self.factors.cols), self.scaling)
+            self.pissa_A0.copy_(self.lora_A)
+            self.pissa_B0.copy_(self.lora_B)
         else:
-            self.dora_magnitude = None
+            init_lora_(self.lora_A, self.lora_B)
+        if self.dora_magnitude is not None:
+            self.dora_magnitude.copy_(channel_norm(weight.to(self.dora_magnitude.dtype)))
 
     # --- the weight ------------------------------------------------------------------------
     def delta(self) -> torch.Tensor:

@@ -141,3 +141,12 @@ def test_save_is_atomic(atto_factory, tmp_path, monkeypatch):
         save_adapter(model, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_saved_file_has_the_usual_permissions(atto_factory, tmp_path):
+    import os
+
+    path = save_adapter(adapted_atto(atto_factory), tmp_path / "a.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

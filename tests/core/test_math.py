@@ -268,3 +268,17 @@ def test_conv_subclass_with_its_own_forward():
     assert torch.allclose(layer(x), reference_module(layer)(x), atol=1e-5)
     layer(x).sum().backward()
     assert layer.lora_A.grad is not None and layer.base_layer.weight.grad is None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reset_parameters_restores_identity_on_new_weights(variant):
+    """After loading new base weights, reset_parameters re-derives PiSSA factors / DoRA magnitude from them."""
+    base = nn.Conv2d(8, 16, 3)
+    layer = randomize_(adapt(base, variant=variant))
+    with torch.no_grad():
+        base.weight.mul_(3.0).add_(0.1)
+    layer.reset_parameters()
+    x = torch.randn(1, 8, 7, 7)
+    assert torch.allclose(layer(x), base(x), atol=1e-5)
+    if variant == "dora":
+        assert torch.allclose(layer.dora_magnitude, base.weight.reshape(16, -1).norm(dim=1))

@@ -1,0 +1,312 @@
+"""What the benchmark scripts share: set-up and environment record, interleaved timing, the
+memory of one step, and atomically written result files.
+
+Timing. Variants run round-robin inside one process (the start of the order rotates every
+round), after warm-up steps; ratios are taken within a round, so a neighbour's load that comes
+and goes slows the variants of that round alike, and the median over rounds is reported.
+
+Memory. On CUDA: ``torch.cuda.max_memory_allocated`` over the step. On CPU torch keeps no peak
+statistics, so the step runs once under ``torch.profiler`` with ``profile_memory=True``: every
+allocation and free of the c10 CPU allocator is an event carrying its signed size, and the
+running sum of the events, started from the bytes alive before the step (parameters, buffers,
+optimizer state, the batch), is the live tensor memory at each moment; its maximum is the peak.
+Left out: oneDNN scratch buffers (allocated outside the c10 allocator) and allocator overhead.
+RSS would include them, but also the interpreter, the libraries and whatever the allocator has
+not returned yet. ``tests/benchmarks`` checks the method byte for byte on cases whose answer is
+known. The same step also records, through ``torch.autograd.graph.saved_tensors_hooks``, the
+tensors autograd keeps for backward (unique storages not alive before the step): the
+activation memory, which explains most of the peak.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# our adapter methods by benchmark name -> AdapterConfig fields
+ADAPTER_METHODS = {
+    "lora": dict(method="lora"),
+    "liera-taylor": dict(method="liera"),
+    "liera-exp": dict(method="liera", composition="exp"),
+    "dora+liera": dict(method="liera", variant="dora"),
+    "pissa+liera": dict(method="liera", variant="pissa"),
+}
+MB = 2**20
+# wide enough for the result tables when the output is a file or a pipe (rich assumes 80 columns)
+console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+# --- set-up and environment -----------------------------------------------------------------
+def configure(device: str, threads: int, seed: int = 0) -> torch.device:
+    """Fix the thread count and seed; ``ValueError`` naming the argument when it cannot be honoured."""
+    if threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available in this torch build / on this machine")
+        torch.backends.cudnn.benchmark = True
+    elif dev.type != "cpu":
+        raise ValueError(f"--device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    torch.manual_seed(seed)
+    return dev
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+uncommitted changes" if dirty else "")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def threads_label() -> str:
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def environment(device: torch.device, module: str, argv: list[str]) -> dict:
+    """The machine and software a result was measured on (stored beside every result)."""
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m", module, *argv]),
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "device": str(device),
+        "versions": {p: _version(p) for p in ("torch", "timm", "peft", "numpy")},
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+# --- timing ---------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timings:
+    """Seconds per call: wall clock and this process's CPU time (all threads), round by round."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
+def time_interleaved(steps: dict[str, Callable[[], object]], *, rounds: int, warmup: int,
+                     device: torch.device, label: str = "timing") -> Timings:
+    """Time each step ``rounds`` times, round-robin (the order rotates each round), after ``warmup`` rounds.
+
+    CPU time is the contention-robust companion of wall time on a shared machine: time spent
+    waiting for a core does not count. (With several threads it also counts OpenMP spin-waiting,
+    so it is most telling with ``--threads 1``.)
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need --rounds >= 1 and --warmup >= 0, got {rounds} and {warmup}")
+    names = list(steps)
+    timings = Timings({name: [] for name in names}, {name: [] for name in names})
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(label, total=(warmup + rounds) * len(names))
+        for r in range(warmup + rounds):
+            phase = f"warm-up {r + 1}" if r < warmup else f"round {r - warmup + 1}/{rounds}"
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                progress.update(task, description=f"{label}: {name} ({phase})")
+                sync(device)
+                wall, cpu = time.perf_counter(), time.process_time()
+                steps[name]()
+                sync(device)
+                if r >= warmup:
+                    timings.wall[name].append(time.perf_counter() - wall)
+                    timings.cpu[name].append(time.process_time() - cpu)
+                progress.advance(task)
+    return timings
+
+
+def ratio_to(times: dict[str, list[float]], name: str, reference: str) -> list[float]:
+    """Per-round ratios ``time[name] / time[reference]`` (both measured in the same round)."""
+    return [a / b for a, b in zip(times[name], times[reference])]
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+# --- memory ---------------------------------------------------------------------------------
+def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and repeats count once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def peak_of_events(deltas: Iterable[int]) -> int:
+    """Highest running sum of signed allocation sizes, in event order (0 if nothing stayed allocated)."""
+    live = peak = 0
+    for nbytes in deltas:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def allocation_events(prof) -> list[int]:
+    """Signed sizes of the CPU allocations / frees a ``torch.profiler`` run recorded, in time order."""
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError as err:  # a private path: fail loudly, not with a wrong number
+        raise RuntimeError(f"this torch ({torch.__version__}) does not expose profiler memory events "
+                           "as benchmarks/common.py expects (prof.profiler.kineto_results)") from err
+    memory = [(e.start_ns(), i, e.nbytes()) for i, e in enumerate(events)
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    return [nbytes for _, _, nbytes in sorted(memory)]
+
+
+@dataclass
+class StepMemory:
+    """Bytes: alive before the step (``static``), at its worst moment (``peak``), kept for backward (``saved``)."""
+
+    static: int
+    peak: int
+    saved: int
+    method: str
+
+
+def step_memory(step: Callable[[], object], static: Iterable[torch.Tensor], device: torch.device) -> StepMemory:
+    """Run ``step`` once and measure its memory (see the module docstring for the method)."""
+    static = list(static)
+    static_ptrs = {t.untyped_storage().data_ptr() for t in static}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in static_ptrs and storage.nbytes():
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with hooks:
+            step()
+        sync(device)
+        return StepMemory(before, torch.cuda.max_memory_allocated(device), sum(saved.values()),
+                          "torch.cuda.max_memory_allocated")
+    from torch.profiler import ProfilerActivity, profile
+
+    before = unique_bytes(static)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, hooks:
+        step()
+    peak = before + peak_of_events(allocation_events(prof))
+    return StepMemory(before, peak, sum(saved.values()), "torch.profiler allocation trace + static bytes")
+
+
+# --- output ---------------------------------------------------------------------------------
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are for everyone to read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def write_json(path: Path, obj) -> Path:
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def print_table(title: str, rows: list[dict], columns: dict[str, str]) -> None:
+    """A rich table of ``rows`` showing ``columns`` (key -> header); values print as the caller rounded them."""
+    table = Table(title=title, title_justify="left")
+    for i, header in enumerate(columns.values()):
+        table.add_column(header, justify="left" if i == 0 or header in ("target", "note", "detail") else "right")
+    for row in rows:
+        table.add_row(*[str(row.get(key, "")) for key in columns])
+    console.print(table)
+
+
+def markdown_table(rows: list[dict], columns: dict[str, str]) -> str:
+    """The same table as GitHub markdown (pasted into docs/benchmarks.md)."""
+
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, columns.values())) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(key, "")) for key in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""The atto LieRA config end to end with the real mmengine Runner on CPU: train, checkpoint, resume, evaluate."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from liera_vision.det import cli, load_local_checkpoint
+
+from .conftest import ATTO_LIERA
+
+
+@pytest.mark.slow
+def test_train_checkpoint_resume_and_evaluate(tiny_options, tmp_path):
+    work = tmp_path / "work"
+    # 2 epochs of 2 iterations (4 images, batch 2); evaluation only at the end of epoch 2
+    first = cli.train_main([str(ATTO_LIERA), "--work-dir", str(work), "--cfg-options", "train_cfg.max_epochs=1",
+                            "train_cfg.val_interval=2", *tiny_options])
+    assert (first.epoch, first.iter) == (1, 2)
+    assert (work / "epoch_1.pth").is_file() and (work / "last_checkpoint").read_text().endswith("epoch_1.pth")
+    saved = load_local_checkpoint(str(work / "epoch_1.pth"))["state_dict"]
+
+    resumed = cli.train_main([str(ATTO_LIERA), "--work-dir", str(work), "--resume", "--cfg-options",
+                              "train_cfg.max_epochs=2", "train_cfg.val_interval=2", *tiny_options])
+    assert (resumed.epoch, resumed.iter) == (2, 4)
+    model = resumed.model
+    # the optimizer state came back too: AdamW has taken 2 steps before and 2 after the resume
+    lora_B = model.backbone.stages[2][3].conv_dw.lora_B
+    assert int(resumed.optim_wrapper.optimizer.state[lora_B]["step"]) == 4
+    # PEFT: the base weights are the checkpoint's (frozen); the adapters moved on after the resume
+    state = model.state_dict()
+    assert torch.equal(state["backbone.stages.2.3.conv_dw.base_layer.weight"],
+                       saved["backbone.stages.2.3.conv_dw.base_layer.weight"])
+    assert not torch.equal(state["backbone.stages.2.3.conv_dw.lora_B"], saved["backbone.stages.2.3.conv_dw.lora_B"])
+    assert saved["backbone.stages.2.3.conv_dw.lora_B"].abs().sum() > 0  # trained away from B = 0
+
+    hub = resumed.message_hub
+    for key in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
+        value = hub.get_scalar(f"val/{key}").current()
+        assert math.isfinite(value) and 0.0 <= value <= 1.0, (key, value)
+    losses = hub.get_scalar("train/loss").data[0]
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.slow
+def test_missing_image_stops_training_with_its_name(tiny_coco, tiny_options, tmp_path):
+    data = tmp_path / "coco"
+    shutil.copytree(tiny_coco, data)
+    (data / "train2017" / "000000000002.jpg").unlink()
+    options = [o.replace(str(tiny_coco), str(data)) for o in tiny_options]
+    with pytest.raises(FileNotFoundError, match=r"images listed in .*instances_train2017\.json are missing, "
+                                                r"e\.g\. \['.*/train2017/000000000002\.jpg'\]"):
+        cli.train_main([str(ATTO_LIERA), "--work-dir", str(tmp_path / "work"), "--cfg-options", *options])
