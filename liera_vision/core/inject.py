@@ -145,18 +145,20 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict) -> tuple[nn.M
     for name in targets:
         base = model.get_submodule(name)
         wrapped[name] = AdapterLayer(base, config, name)  # validates rank before anything changes
+    zero_notes = []
     for name, layer in wrapped.items():
         base = layer.base_layer
         zeros = int((base.weight == 0).sum())
         zero_fraction = zeros / base.weight.numel()
-        if config.method == "liera" and zeros and not config.zero_weight_fallback:
-            warnings.warn(f"layer '{name}': {zeros:,} of {base.weight.numel():,} weight entries ({zero_fraction:.4%}) "
-                          "are exactly zero and cannot move "
-                          "under a Lie (multiplicative) update; set zero_weight_fallback=True to train them additively",
-                          stacklevel=2)
+        if zeros:
+            zero_notes.append(f"layer '{name}': {zeros:,} of {base.weight.numel():,} ({zero_fraction:.4%})")
         _set_submodule(model, name, layer)
         n_params = sum(p.numel() for p in layer.parameters(recurse=False))
         report.layers.append(AdaptedLayer(name, _kind(base), tuple(base.weight.shape), n_params, zero_fraction))
+    if zero_notes and config.method == "liera" and not config.zero_weight_fallback:
+        warnings.warn("weight entries that are exactly zero cannot move under a Lie (multiplicative) update: "
+                      f"{'; '.join(zero_notes)}. Set zero_weight_fallback=True to train them additively.",
+                      stacklevel=2)
 
     for p in model.parameters():
         p.requires_grad_(False)

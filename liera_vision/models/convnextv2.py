@@ -65,7 +65,19 @@ def create_convnextv2(arch: str = "atto", num_classes: int = 1000, *, pretrained
     if pretrained and checkpoint:
         raise ValueError("give either pretrained (a timm tag) or checkpoint (a local file), not both")
     name = f"convnextv2_{short}" + (f".{pretrained}" if pretrained else "")
-    model = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **timm_kwargs)
+    if pretrained:
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"convnextv2_{short}.*")]
+        if pretrained not in tags:
+            raise ValueError(f"unknown timm pretrained tag {pretrained!r} for convnextv2_{short}; "
+                             f"expected one of {tags}")
+    try:
+        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=num_classes, **timm_kwargs)
+    except (OSError, RuntimeError) as err:
+        if not pretrained:
+            raise
+        raise RuntimeError(f"could not fetch the timm weights {name!r} from the Hugging Face hub "
+                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Offline, download the file "
+                           "elsewhere and pass checkpoint=PATH (official, FCMAE or timm format).") from err
     if checkpoint is not None:
         report = load_checkpoint(model, checkpoint, allow_pickle=allow_pickle)
         model.checkpoint_report = report

@@ -128,9 +128,23 @@ def test_warns_on_zero_weight_entries_with_layer_name_and_fraction():
     model = small_net()
     with torch.no_grad():
         model[2].weight[:2] = 0.0  # 2 of 8 channels: 25%
-    with pytest.warns(UserWarning, match=re.escape("layer '2': 98 of 392 weight entries (25.0000%)")):
+    with pytest.warns(UserWarning, match=re.escape("exactly zero cannot move under a Lie (multiplicative) update: "
+                                                   "layer '2': 98 of 392 (25.0000%). Set zero_weight_fallback=True")):
         _, report = apply_adapters(model, AdapterConfig(rank=1))
     assert report.layers[1].zero_fraction == pytest.approx(0.25)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # LoRA and the fallback train zeros: nothing to warn about
+        apply_adapters(small_net_with_zeros(), AdapterConfig(rank=1, method="lora"))
+        apply_adapters(small_net_with_zeros(), AdapterConfig(rank=1, zero_weight_fallback=True))
+
+
+def small_net_with_zeros() -> nn.Module:
+    model = small_net()
+    with torch.no_grad():
+        model[2].weight[:2] = 0.0
+    return model
 
 
 def test_merge_unmerge_and_unload_whole_model():

@@ -113,3 +113,22 @@ def test_not_a_state_dict(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(ValueError, match=r"list.pt: expected a state dict"):
         create_convnextv2("atto", checkpoint=path)
+
+
+def test_pretrained_tags_are_checked_and_an_unreachable_hub_is_explained(monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown timm pretrained tag 'imagenet' .*\['fcmae', 'fcmae_ft_in1k'\]"):
+        create_convnextv2("atto", pretrained="imagenet")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match=r"could not fetch the timm weights 'convnextv2_atto.fcmae_ft_in1k' .*"
+                                           r"checkpoint=PATH"):
+        create_convnextv2("atto", pretrained="fcmae_ft_in1k")
+
+
+def test_allow_pickle_reads_a_trusted_file(tmp_path):
+    import argparse
+
+    source = create_convnextv2("atto", num_classes=10)
+    path = tmp_path / "trusted.pt"
+    torch.save({"model": source.state_dict(), "args": argparse.Namespace(lr=1)}, path)
+    target = create_convnextv2("atto", num_classes=10, checkpoint=path, allow_pickle=True)
+    assert _same_weights(source, target)

@@ -1,0 +1,107 @@
+"""Result files, written atomically (temp file + ``os.replace``): a crash never leaves half a file.
+
+* ``<task dir>/result.json`` — one run's record, written by ``train_vtab.py fit`` after its test.
+* ``<run dir>/results.jsonl`` — JSON lines, one record per finished task, appended by the sweep
+  (the whole file is rewritten to a temp file and swapped in, under an exclusive lock).
+
+A record holds at least ``method``, ``task``, ``acc_final`` and ``acc_best`` (fractions in [0, 1]);
+see :func:`liera_vision.vtab.cli.result_record` for the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+REQUIRED = ("method", "task", "acc_final", "acc_best")
+RESULTS_FILE = "results.jsonl"
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: str | os.PathLike, record: dict) -> Path:
+    return write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    _check(record, str(path))
+    return record
+
+
+def _check(record, where: str) -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"{where}: result record lacks {missing} (has {sorted(record)})")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of a JSON-lines results file; ``ValueError`` naming ``file:line`` on a bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} does not exist")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
+        _check(record, f"{path}:{lineno}")
+        records.append(record)
+    return records
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append_jsonl_atomic(path: str | os.PathLike, record: dict) -> Path:
+    """Append ``record`` as one line; the file is swapped in whole, so readers never see a partial line."""
+    _check(record, "record")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        old = path.read_text() if path.is_file() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        return write_text_atomic(path, old + json.dumps(record, sort_keys=True) + "\n")

@@ -1,0 +1,106 @@
+"""VTABClassifier: what trains, the schedule, checkpoints that keep only trainable state."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from liera_vision.core import AdapterConfig
+from liera_vision.models import create_convnextv2, timm_to_official
+from liera_vision.vtab import VTABClassifier, warmup_cosine_lr
+
+
+def classifier(seed: int = 0, **kwargs) -> VTABClassifier:
+    torch.manual_seed(seed)
+    kwargs.setdefault("arch", "atto")
+    kwargs.setdefault("num_classes", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init and zero-weight warnings
+        return VTABClassifier(**kwargs)
+
+
+def test_trainable_parameters_per_finetune_mode():
+    liera = classifier(adapter=AdapterConfig(method="liera", rank=8, modules_to_save=["head"]))
+    assert liera.parameter_count.trainable == 791_108  # REFERENCE.md §1: atto, r=8, 100-class head
+    assert liera.method == "liera-taylor-r8"
+    lora_no_head = classifier(adapter=AdapterConfig(method="lora", rank=8))
+    assert lora_no_head.adapter_config.modules_to_save == ["head"]  # the new head always trains
+    assert lora_no_head.parameter_count.trainable == 791_108
+    linear = classifier(finetune="linear")
+    assert linear.parameter_count.trainable == 320 * 100 + 100 and linear.method == "linear"
+    full = classifier(finetune="full")
+    assert full.parameter_count.trainable == full.parameter_count.total
+    assert classifier().adapter_config.name == "liera-taylor-r8"  # default adapter
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"adapter is set but finetune='full'"):
+        classifier(finetune="full", adapter=AdapterConfig())
+    with pytest.raises(ValueError, match=r"num_classes must be >= 2, got None"):
+        classifier(num_classes=None)
+    with pytest.raises(ValueError, match=r"finetune must be one of"):
+        classifier(finetune="bitfit")
+    with pytest.raises(ValueError, match=r"targets=\['nothing'\] .* matched no nn.Conv2d"):
+        classifier(adapter=AdapterConfig(targets=["nothing"]))
+
+
+def test_warmup_cosine_schedule():
+    lr = dict(total_steps=110, warmup_steps=10, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5)
+    assert warmup_cosine_lr(0, **lr) == 1e-6
+    assert math.isclose(warmup_cosine_lr(5, **lr), 1e-6 + (1e-3 - 1e-6) / 2)
+    assert warmup_cosine_lr(10, **lr) == 1e-3
+    assert math.isclose(warmup_cosine_lr(60, **lr), 1e-5 + (1e-3 - 1e-5) / 2)
+    assert math.isclose(warmup_cosine_lr(110, **lr), 1e-5)
+    values = [warmup_cosine_lr(s, **lr) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_checkpoint_keeps_trainable_state_and_checks_frozen_weights():
+    model = classifier(seed=1, num_classes=4)
+    with torch.no_grad():
+        model.model.stages[0].blocks[0].conv_dw.lora_B.add_(0.5)  # "trained" adapter
+        model.model.head.fc.weight.add_(0.5)
+    model.eval_history = [(0, 0.25), (1, 0.5)]
+    ckpt = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(ckpt)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(ckpt["state_dict"]) == trainable | {n for n, _ in model.named_buffers()}
+    assert not any(k.endswith("base_layer.weight") for k in ckpt["state_dict"])
+
+    same = classifier(seed=1, num_classes=4)  # same seed: same random frozen backbone
+    same.on_load_checkpoint(ckpt)
+    same.load_state_dict(ckpt["state_dict"])  # strict: the frozen tensors were filled in
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+    assert same.eval_history == [(0, 0.25), (1, 0.5)]
+
+    other = classifier(seed=2, num_classes=4)
+    with pytest.raises(ValueError, match=r"different frozen weights .* random-initialised: re-create it with the "
+                                         r"same seed"):
+        other.on_load_checkpoint({**ckpt, "state_dict": dict(ckpt["state_dict"])})
+    lora = classifier(seed=1, num_classes=4, finetune="linear")
+    with pytest.raises(ValueError, match=r"checkpoint freezes \d+ parameters, this model \d+"):
+        lora.on_load_checkpoint({**ckpt, "state_dict": dict(ckpt["state_dict"])})
+
+
+def test_backbone_from_an_official_checkpoint_file(tmp_path):
+    """The classifier's checkpoint path: official-format file in, the same backbone weights out, fresh head."""
+    torch.manual_seed(3)
+    source = create_convnextv2("atto", num_classes=1000)
+    path = tmp_path / "convnextv2_atto_1k_224_ema.pt"
+    torch.save({"model": timm_to_official(source)}, path)
+    model = classifier(num_classes=10, checkpoint=str(path), adapter=AdapterConfig(rank=4))
+    assert not model.random_init
+    theirs = source.state_dict()
+    for name, layer in model.model.named_modules():
+        weight = getattr(layer, "base_layer", layer)
+        if name.startswith("head.fc") or not hasattr(weight, "weight") or "base_layer" in name:
+            continue
+        key = f"{name}.weight"
+        if key in theirs:
+            assert torch.equal(weight.weight, theirs[key]), key
+    with torch.no_grad():  # adapters start at zero: the adapted backbone computes the source's features
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.allclose(model.model.forward_features(x), source.eval().forward_features(x), atol=1e-5)
