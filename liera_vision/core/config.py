@@ -25,9 +25,11 @@ class AdapterConfig:
             the composed weight) or ``"pissa"`` (factors start at the principal singular
             triplets of the reshaped weight; the update is taken relative to that start).
         rank: the rank ``r`` of the factorization ``ΔW = (alpha / r) · B @ A``.
-        alpha: scale numerator; ``None`` means ``alpha = rank`` (scale 1). The Lie update is
-            relative (``ΔW`` multiplies ``W``), so useful values differ from LoRA's; see
-            ``docs/benchmarks.md`` for the measured choice.
+        alpha: scale numerator; ``None`` means ``alpha = rank`` (scale 1), LoRA's usual choice.
+            A Lie update is relative (``W ⊙ ΔW``), so its steps are ~mean|W| (≈ 0.02 for
+            ConvNeXt kernels) times LoRA's: the transfer study in ``docs/benchmarks.md`` found
+            ``alpha / rank ≈ 1 / mean|W|`` (64 there) best, and the project's LieRA configs use it.
+            ``apply_adapters``' report prints mean|W| and the suggested value for your weights.
         dropout: rank dropout: during training each inner (rank) component of the update is
             dropped with this probability and the rest are rescaled by ``1 / (1 - p)``.
         composition: for ``liera`` only: ``"taylor"`` (default, ``W + W ⊙ ΔW``) or ``"exp"``

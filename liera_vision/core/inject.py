@@ -98,6 +98,12 @@ class AdaptationReport:
     modules_to_save: list[str] = field(default_factory=list)
     trainable: int = 0
     total: int = 0
+    mean_abs_weight: float = 0.0  # over every adapted weight entry; a Lie step scales with it
+
+    @property
+    def suggested_lie_scaling(self) -> float:
+        """α/r ≈ 1 / mean|W|: where the transfer study (docs/benchmarks.md) found Lie updates work best."""
+        return 1.0 / self.mean_abs_weight if self.mean_abs_weight else float("nan")
 
     @property
     def adapter_params(self) -> int:
@@ -110,6 +116,10 @@ class AdaptationReport:
         rows.append(f"{self.config.describe()}: {len(self.layers)} layers adapted, "
                     f"{self.adapter_params:,} adapter params; modules_to_save={self.modules_to_save}; "
                     f"trainable {self.trainable:,} / {self.total:,} ({100 * self.trainable / max(self.total, 1):.2f}%)")
+        if self.config.method == "liera":
+            rows.append(f"mean |W| of the adapted weights {self.mean_abs_weight:.4g}: a Lie update moves W by W ⊙ ΔW, "
+                        f"so its steps scale with |W|; alpha / rank ≈ 1 / mean|W| = {self.suggested_lie_scaling:.3g} "
+                        f"worked best in docs/benchmarks.md (this config: {self.config.scaling:g})")
         return "\n".join(rows)
 
 
@@ -146,6 +156,8 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict) -> tuple[nn.M
         base = model.get_submodule(name)
         wrapped[name] = AdapterLayer(base, config, name)  # validates rank before anything changes
     zero_notes = []
+    abs_sum = sum(float(layer.base_layer.weight.detach().abs().sum()) for layer in wrapped.values())
+    report.mean_abs_weight = abs_sum / sum(layer.base_layer.weight.numel() for layer in wrapped.values())
     for name, layer in wrapped.items():
         base = layer.base_layer
         zeros = int((base.weight == 0).sum())

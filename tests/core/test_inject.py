@@ -203,3 +203,13 @@ def test_flat_factorization_count_convnextv2_base():
     model = timm.create_model("convnextv2_base", num_classes=100)
     _, report = apply_adapters(model, AdapterConfig(rank=1, factorization="flat"))
     assert report.adapter_params == 25_364
+
+
+def test_report_gives_mean_abs_weight_and_the_suggested_lie_scaling():
+    model = small_net()
+    adapted = [model[0].weight, model[2].weight]
+    expected = sum(float(w.abs().sum()) for w in adapted) / sum(w.numel() for w in adapted)
+    _, report = apply_adapters(model, AdapterConfig(rank=1, alpha=4))
+    assert report.mean_abs_weight == pytest.approx(expected)
+    assert report.suggested_lie_scaling == pytest.approx(1 / expected)
+    assert f"1 / mean|W| = {1 / expected:.3g}" in str(report) and "(this config: 4)" in str(report)

@@ -33,8 +33,9 @@ def test_the_issue_lists_every_config():
 def test_config_builds_its_method(config, tiny_vtab, tmp_path):
     raw = yaml.safe_load(config.read_text())
     assert raw["model"]["lr"] == 1e-3 and "adapter" in raw["model"]  # explicit knobs, protocol lr
-    if raw["model"]["adapter"] is not None:
-        assert raw["model"]["adapter"]["alpha"] == raw["model"]["adapter"]["rank"]
+    adapter = raw["model"]["adapter"]
+    if adapter is not None:  # LoRA: alpha = rank; Lie updates: alpha / rank = 64 ≈ 1 / mean|W| (docs/vtab.md)
+        assert adapter["alpha"] == adapter["rank"] * (64 if adapter["method"] == "liera" else 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cli = VTABCLI(args=["--config", str(config), "--data.root", str(tiny_vtab), "--data.task", "synth_position",

@@ -1,0 +1,701 @@
+"""Transfer study: pre-train a small ConvNeXt-V2 on a generated source task, then fine-tune it on generated
+VTAB-style target tasks with every method, each at the learning rate (and, for adapters, alpha) chosen on
+a validation split.
+
+    python -m benchmarks.transfer_study                 # the documented study: atto, 32 px, ~20 min on 2 cores
+    python -m benchmarks.transfer_study --weight-stats convnextv2_base_22k_224_ema.pt --arch base
+
+The second prints mean |W| per adapted layer kind of a checkpoint: the study's recommendation for Lie
+updates is alpha / rank ≈ 1 / mean|W| at the protocol's lr (docs/benchmarks.md, part 3).
+
+Steps (every training run is ``VTABClassifier`` + ``VTABDataModule`` under a Lightning ``Trainer``):
+
+1. **Data.** A 10-class source task (which of ten rotated shapes) and four 4-class target tasks in the
+   NOAH / VTAB-1k folder layout: ``synth_shape`` (natural), ``synth_texture`` (specialized: which
+   texture covers the image, like eurosat / patch_camelyon), ``synth_position`` and ``synth_orientation``
+   (structured, like dsprites_loc / dsprites_ori). Generated once, cached under
+   ``~/.cache/liera-vision/transfer-study/``. (``synth_count`` is available too, but at 32 px its objects
+   are 2–3 px across and every method stays near chance.)
+2. **Source model.** ConvNeXt-V2 (``--arch``) fully trained from random init on the source task; the
+   checkpoint (timm layout, safetensors) is cached beside the data.
+3. **Tune.** Every method over the same grid: ``--lrs`` for all, ``× --scalings`` (alpha / rank) for the
+   adapters; each point trained on ``train800`` and scored on ``val200`` of every target task (seed 0).
+   A method's setting is the point with the best mean validation accuracy over the tasks (ties: the
+   smaller lr, then the smaller scaling). Test data is never looked at.
+4. **Final.** Each method at its chosen setting, trained on ``train800val200`` and tested on ``test``,
+   ``--seeds`` seeds per task. Reported: mean ± std top-1, the chosen settings, trainable parameters,
+   and how far each method moved the adapted layers (``‖W' − W‖ / ‖W‖``).
+
+Runs go to ``<out>/transfer_study-runs.jsonl`` (one JSON line per finished run, appended atomically):
+running the command again skips finished runs, so an interrupted study resumes where it stopped.
+Runs execute in ``--workers`` processes of one torch thread each. Writes
+``<out>/transfer_study.{csv,png,json}`` and ``<out>/transfer_study-grid.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import time
+import warnings
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.common import (
+    ADAPTER_METHODS,
+    RESULTS,
+    console,
+    environment,
+    markdown_table,
+    print_table,
+    save_figure,
+    write_csv,
+    write_json,
+)
+from liera_vision.core import AdapterConfig, AdapterLayer, select_targets
+from liera_vision.models import create_convnextv2
+from liera_vision.vtab import synthetic
+from liera_vision.vtab.results import append_jsonl_atomic, read_jsonl
+
+VERSION = 1
+METHODS = ("linear", "full", *ADAPTER_METHODS)  # study names; adapters as in benchmarks.common
+SOURCE = "synth_source"
+SOURCE_CLASSES = 10
+# target task -> VTAB group; all have 4 classes
+TARGETS = {"synth_shape": "natural", "synth_texture": "specialized", "synth_count": "structured",
+           "synth_orientation": "structured", "synth_position": "structured"}
+DEFAULT_TARGETS = ("synth_shape", "synth_texture", "synth_position", "synth_orientation")
+TARGET_CLASSES = 4
+RUNS_FILE = "transfer_study-runs.jsonl"
+STEM = "transfer_study"
+
+
+# --- generated tasks --------------------------------------------------------------------------
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = rng.uniform(0, 255, 3)
+    ramp = np.linspace(-1, 1, size)[None, :, None] * rng.uniform(-40, 40, 3)
+    return base + ramp + rng.normal(0, 18, (size, size, 3))
+
+
+def _far_color(rng: np.random.Generator, background: np.ndarray) -> tuple[int, ...]:
+    mean = background.reshape(-1, 3).mean(0)
+    return tuple(int(c) for c in np.where(mean > 127, rng.uniform(0, 90, 3), rng.uniform(165, 255, 3)))
+
+
+def _polygon(cx: float, cy: float, radii: list[float], start: float) -> list[tuple[float, float]]:
+    n = len(radii)
+    return [(cx + r * math.cos(start + 2 * math.pi * i / n), cy + r * math.sin(start + 2 * math.pi * i / n))
+            for i, r in enumerate(radii)]
+
+
+def _disc(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, **kwargs) -> None:
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], **kwargs)
+
+
+def draw_source(label: int, size: int, rng: np.random.Generator) -> Image.Image:
+    """The source task: which of ten shapes, at a random place, size and rotation.
+
+    triangle, square, circle, star, ring, cross, elongated ellipse, half disc, frame, pair of dots.
+    """
+    background = _background(rng, size)
+    image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    draw, color = ImageDraw.Draw(image), _far_color(rng, background)
+    r = size * rng.uniform(0.22, 0.34)
+    cx, cy = rng.uniform(r, size - r, 2)
+    start = rng.uniform(0, 2 * math.pi)
+    c, s = math.cos(start), math.sin(start)
+    if label in (0, 1):  # triangle, square
+        draw.polygon(_polygon(cx, cy, [r] * (label + 3), start), fill=color)
+    elif label == 2:
+        _disc(draw, cx, cy, r, fill=color)
+    elif label == 3:  # five-pointed star
+        draw.polygon(_polygon(cx, cy, [r, 0.4 * r] * 5, start), fill=color)
+    elif label == 4:  # ring
+        _disc(draw, cx, cy, r, outline=color, width=max(2, round(0.3 * r)))
+    elif label == 5:  # cross: two bars at right angles
+        w = 0.3 * r
+        for dx, dy in ((c * r, s * r), (-s * r, c * r)):
+            px, py = -dy * w / r, dx * w / r
+            draw.polygon([(cx - dx + px, cy - dy + py), (cx + dx + px, cy + dy + py),
+                          (cx + dx - px, cy + dy - py), (cx - dx - px, cy - dy - py)], fill=color)
+    elif label == 6:  # ellipse, 2.2:1
+        angles = [2 * math.pi * i / 24 for i in range(24)]
+        draw.polygon([(cx + r * math.cos(a) * c - 0.45 * r * math.sin(a) * s,
+                       cy + r * math.cos(a) * s + 0.45 * r * math.sin(a) * c) for a in angles], fill=color)
+    elif label == 7:  # half disc
+        draw.polygon([(cx + r * math.cos(start + math.pi * i / 16), cy + r * math.sin(start + math.pi * i / 16))
+                      for i in range(17)], fill=color)
+    elif label == 8:  # frame: a square outline
+        draw.polygon(_polygon(cx, cy, [r] * 4, start), outline=color, width=max(2, round(0.25 * r)))
+    else:  # pair of dots
+        for sign in (-1, 1):
+            _disc(draw, cx + sign * 0.6 * r * c, cy + sign * 0.6 * r * s, 0.35 * r, fill=color)
+    return image
+
+
+def draw_texture(label: int, size: int, rng: np.random.Generator) -> Image.Image:
+    """Which texture covers the image (stripes, checkerboard, dot lattice, blobs): a 'specialized' task."""
+    theta, freq = rng.uniform(0, math.pi), rng.uniform(2.5, 5.0) / size
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    u = (xs * math.cos(theta) + ys * math.sin(theta)) * 2 * math.pi * freq + rng.uniform(0, 2 * math.pi)
+    v = (-xs * math.sin(theta) + ys * math.cos(theta)) * 2 * math.pi * freq + rng.uniform(0, 2 * math.pi)
+    if label == 0:
+        mask = np.sin(u) > 0
+    elif label == 1:
+        mask = np.sin(u) * np.sin(v) > 0
+    elif label == 2:
+        mask = np.cos(u) + np.cos(v) > 1.0
+    else:  # blobs: thresholded smooth noise
+        coarse = Image.fromarray(rng.normal(0, 1, (5, 5)).astype(np.float32), mode="F")
+        mask = np.asarray(coarse.resize((size, size), Image.BICUBIC)) > 0
+    background = _background(rng, size)
+    color = np.asarray(_far_color(rng, background), dtype=np.float64)
+    pixels = np.where(mask[..., None], color + rng.normal(0, 18, (size, size, 3)), background)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def draw(task: str, label: int, size: int, rng: np.random.Generator) -> Image.Image:
+    if task == SOURCE:
+        return draw_source(label, size, rng)
+    if task == "synth_texture":
+        return draw_texture(label, size, rng)
+    return synthetic.draw_sample(task, label, size, rng)
+
+
+def write_task(root: Path, task: str, classes: int, sizes: dict[str, int], image_size: int, seed: int) -> Path:
+    """``root/task`` in NOAH layout (``synthetic.generate``'s conventions: balanced labels, manifest, atomic)."""
+    manifest = {"version": VERSION, "task": task, "classes": classes, "sizes": sizes, "image_size": image_size,
+                "seed": seed}
+    folder = root / task
+    done = folder / synthetic.MANIFEST
+    if done.is_file() and json.loads(done.read_text()) == manifest:
+        return folder
+    if folder.exists():
+        raise ValueError(f"{folder} holds another or an unfinished generation; delete it")
+    tmp = root / f".{task}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        lines: dict[str, list[str]] = {"train800val200": []}
+        for split, count in sizes.items():
+            digest = hashlib.sha256(repr((VERSION, seed, task, split)).encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            (tmp / "images" / split).mkdir(parents=True)
+            lines[split] = []
+            for i, label in enumerate(rng.permutation(np.arange(count) % classes).tolist()):
+                rel = f"images/{split}/{i:06d}.png"
+                draw(task, label, image_size, rng).save(tmp / rel)
+                lines[split].append(f"{rel} {label}")
+                if split in ("train800", "val200"):
+                    lines["train800val200"].append(f"{rel} {label}")
+        for split, rows in lines.items():
+            (tmp / f"{split}.txt").write_text("\n".join(rows) + "\n")
+        (tmp / synthetic.MANIFEST).write_text(json.dumps(manifest) + "\n")
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liera-vision" / "transfer-study"
+
+
+# --- weights ----------------------------------------------------------------------------------
+def layer_kind(module: torch.nn.Module) -> str:
+    kh, kw = module.kernel_size
+    if module.groups > 1 and module.groups == module.in_channels:
+        return f"depthwise {kh}x{kw}"
+    return f"{'stem' if module.in_channels == 3 else 'downsample'} {kh}x{kw}"
+
+
+def adapted_layers(model: torch.nn.Module) -> dict[str, str]:
+    """Name -> kind of the layers every adapter method adapts (the paper's: convs with a kernel > 1×1)."""
+    return {name: layer_kind(model.get_submodule(name)) for name in select_targets(model, AdapterConfig())}
+
+
+def weight_stats(model: torch.nn.Module) -> list[dict]:
+    """Mean |W| per adapted layer kind (a Lie step in W-space is ~|W| × an additive one)."""
+    by_kind: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for name, kind in adapted_layers(model).items():
+        by_kind[kind].append(model.get_submodule(name).weight.detach().flatten())
+    rows = [{"kind": kind, "layers": len(ws), "entries": sum(w.numel() for w in ws),
+             "mean_abs": torch.cat(ws).abs().mean().item(), "std": torch.cat(ws).std().item()}
+            for kind, ws in by_kind.items()]
+    everything = torch.cat([w for ws in by_kind.values() for w in ws])
+    rows.append({"kind": "all adapted", "layers": sum(r["layers"] for r in rows), "entries": everything.numel(),
+                 "mean_abs": everything.abs().mean().item(), "std": everything.std().item()})
+    return rows
+
+
+# --- one training run (runs in a worker process) ------------------------------------------------
+def _quiet() -> None:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def model_kwargs(method: str, rank: int, scaling: float | None) -> dict:
+    if method in ("linear", "full"):
+        return {"finetune": method}
+    adapter = AdapterConfig(rank=rank, alpha=scaling * rank, modules_to_save=["head"], **ADAPTER_METHODS[method])
+    return {"finetune": "adapter", "adapter": adapter}
+
+
+@torch.no_grad()
+def relative_update(model: torch.nn.Module, before: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict:
+    """``‖W' − W‖ / ‖W‖`` of every adapted layer, averaged per kind and over all."""
+    per_kind: dict[str, list[float]] = defaultdict(list)
+    for name, w0 in before.items():
+        module = model.get_submodule(name)
+        w = module.effective_weight() if isinstance(module, AdapterLayer) else module.weight
+        per_kind[kinds[name]].append(((w - w0).norm() / w0.norm()).item())
+    out = {kind: statistics.fmean(v) for kind, v in per_kind.items()}
+    out["all"] = statistics.fmean(v for vs in per_kind.values() for v in vs)
+    return out
+
+
+def train_run(spec: dict) -> dict:
+    """Fine-tune the source model on one task with one method and setting; append and return its record."""
+    import lightning as L
+
+    from liera_vision.vtab import VTABClassifier, VTABDataModule
+
+    _quiet()
+    start = time.time()
+    kinds = adapted_layers(create_convnextv2(spec["arch"], TARGET_CLASSES))
+    L.seed_everything(spec["seed"], verbose=False)
+    model = VTABClassifier(arch=spec["arch"], num_classes=TARGET_CLASSES, checkpoint=spec["checkpoint"],
+                           lr=spec["lr"], warmup_epochs=spec["warmup_epochs"],
+                           **model_kwargs(spec["method"], spec["rank"], spec["scaling"]))
+    data = VTABDataModule(root=spec["data_root"], task=spec["task"], num_classes=TARGET_CLASSES,
+                          protocol="tune" if spec["phase"] == "tune" else "final", batch_size=spec["batch_size"],
+                          num_workers=0, image_size=spec["image_size"])
+    before = {}
+    for name in kinds:
+        module = model.model.get_submodule(name)
+        before[name] = (module.base_layer if isinstance(module, AdapterLayer) else module).weight.detach().clone()
+    trainer = L.Trainer(max_epochs=spec["epochs"], accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data, verbose=False)  # the protocol's evaluation split: val200 or test
+    record = {**{k: spec[k] for k in ("study", "phase", "method", "task", "seed", "lr", "scaling")},
+              "group": TARGETS[spec["task"]], "eval_split": data.eval_split,
+              "acc_final": model.test_accuracy, "acc_best": model.test_accuracy,
+              "trainable_params": model.parameter_count.trainable,
+              "rel_update": relative_update(model.model, before, kinds) if spec["method"] != "linear" else None,
+              "wall_s": round(time.time() - start, 2)}
+    append_jsonl_atomic(spec["runs_file"], record)
+    return record
+
+
+# --- the source model ---------------------------------------------------------------------------
+def pretrain_source(args, data_root: Path, path: Path) -> dict:
+    """Train ``args.arch`` in full on the source task (cached): the 'pre-trained' weights of the study."""
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        return json.loads(meta_path.read_text())
+    import lightning as L
+    from safetensors.torch import save_file
+
+    from liera_vision.vtab import VTABClassifier, VTABDataModule
+
+    start = time.time()
+    L.seed_everything(0, verbose=False)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():  # training from random init is the point here, not a mistake to warn about
+        warnings.filterwarnings("ignore", message=".*RANDOM-INITIALISED")
+        model = VTABClassifier(arch=args.arch, num_classes=SOURCE_CLASSES, finetune="full", lr=args.source_lr,
+                               warmup_epochs=1)
+    data = VTABDataModule(root=str(data_root), task=SOURCE, num_classes=SOURCE_CLASSES, batch_size=args.batch_size,
+                          num_workers=0, image_size=args.image_size)
+    trainer = L.Trainer(max_epochs=args.source_epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec)")
+        trainer.fit(model, datamodule=data)
+        trainer.test(model, datamodule=data, verbose=False)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+    meta = {"test_accuracy": model.test_accuracy, "epochs": args.source_epochs, "lr": args.source_lr,
+            "train_images": args.source_sizes["train800"] + args.source_sizes["val200"],
+            "test_images": args.source_sizes["test"], "wall_s": round(time.time() - start, 1)}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# --- the study --------------------------------------------------------------------------------
+def grid(method: str, lrs: list[float], scalings: list[float]) -> list[tuple[float, float | None]]:
+    """The settings a method is tuned over: the lr grid, times the scaling grid for adapters."""
+    if method in ("linear", "full"):
+        return [(lr, None) for lr in lrs]
+    return [(lr, s) for lr in lrs for s in scalings]
+
+
+def run_key(record: dict) -> tuple:
+    return record["phase"], record["method"], record["task"], record["seed"], record["lr"], record["scaling"]
+
+
+def study_fingerprint(args) -> str:
+    """What makes two runs comparable; the grids, methods, tasks and seeds only select runs."""
+    keys = ("arch", "image_size", "sizes", "source_sizes", "source_epochs", "source_lr", "epochs", "warmup_epochs",
+            "batch_size", "rank")
+    text = json.dumps({"version": VERSION, **{k: getattr(args, k) for k in keys}}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def finished_runs(path: Path, study: str) -> dict[tuple, dict]:
+    if not path.is_file():
+        return {}
+    records = read_jsonl(path)
+    other = {r.get("study") for r in records} - {study}
+    if other:
+        raise SystemExit(f"{path} holds runs of another study setting ({sorted(map(str, other))}, this one is "
+                         f"{study}); use another --out or move the file away")
+    return {run_key(r): r for r in records}
+
+
+def execute(specs: list[dict], workers: int, label: str) -> list[str]:
+    """Run ``specs`` (``workers`` processes of one thread each; in this process when 1); returns failures."""
+    failures: list[str] = []
+    if not specs:
+        return failures
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(label, total=len(specs))
+
+        def done(spec: dict, record: dict | None, error: BaseException | None) -> None:
+            tag = (f"{spec['phase']} {spec['method']} lr={spec['lr']:g}"
+                   + ("" if spec["scaling"] is None else f" scaling={spec['scaling']:g}")
+                   + f" {spec['task']} seed {spec['seed']}")
+            if error is not None:
+                failures.append(f"{tag}: {type(error).__name__}: {error}")
+                progress.console.print(f"[red]FAILED[/red] {tag}: {type(error).__name__}: {error}")
+            else:
+                progress.console.print(f"{tag}: {100 * record['acc_final']:.1f}% on {record['eval_split']} "
+                                       f"({record['wall_s']:.0f} s)")
+            progress.advance(bar)
+
+        if workers == 1:
+            for spec in specs:
+                try:
+                    done(spec, train_run(spec), None)
+                except Exception as err:  # one broken run must not cost the others
+                    done(spec, None, err)
+            return failures
+        import multiprocessing
+
+        # spawn: a fork of a process whose OpenMP pool has run can deadlock
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_quiet) as pool:
+            futures = {pool.submit(train_run, spec): spec for spec in specs}
+            for future in as_completed(futures):
+                error = future.exception()
+                done(futures[future], None if error else future.result(), error)
+    return failures
+
+
+def choose(tune: list[dict], methods: list[str], tasks: list[str]) -> tuple[dict, list[dict]]:
+    """Per method, the setting with the best mean validation accuracy over ``tasks`` (ties: smaller lr, scaling)."""
+    acc: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in tune:
+        acc[r["method"], r["lr"], r["scaling"]][r["task"]] = r["acc_final"]
+    rows, chosen = [], {}
+    for method in methods:
+        # rounded: accuracies come from float32 counts, so equal means can differ in the 8th decimal
+        points = [(lr, s, round(statistics.fmean(v[t] for t in tasks), 6)) for (m, lr, s), v in acc.items()
+                  if m == method and all(t in v for t in tasks)]
+        if not points:
+            raise SystemExit(f"no complete tuning results for {method}; rerun to finish them")
+        best = min(points, key=lambda p: (-p[2], p[0], p[1] or 0))
+        chosen[method] = {"lr": best[0], "scaling": best[1], "val_acc": best[2]}
+        for lr, s, mean in sorted(points, key=lambda p: (p[0], p[1] or 0)):
+            rows.append({"method": method, "lr": lr, "scaling": s, "val_mean": mean,
+                         **{t: acc[method, lr, s][t] for t in tasks}, "chosen": (lr, s) == best[:2]})
+    return chosen, rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(final: list[dict], chosen: dict, methods: list[str], tasks: list[str], seeds: list[int]) -> list[dict]:
+    """One row per method: mean ± std over seeds per task and of the mean over tasks (per seed)."""
+    acc = {(r["method"], r["task"], r["seed"]): r for r in final}
+    rows = []
+    for method in methods:
+        records = [acc[method, t, s] for t in tasks for s in seeds if (method, t, s) in acc]
+        row = {"method": method, "lr": chosen[method]["lr"], "scaling": chosen[method]["scaling"],
+               "trainable_params": records[0]["trainable_params"], "val_acc": chosen[method]["val_acc"]}
+        per_seed_means = []
+        for task in tasks:
+            values = [100 * acc[method, task, s]["acc_final"] for s in seeds if (method, task, s) in acc]
+            row[task] = mean_std(values)
+        for seed in seeds:
+            if all((method, t, seed) in acc for t in tasks):
+                per_seed_means.append(statistics.fmean(100 * acc[method, t, seed]["acc_final"] for t in tasks))
+        row["mean"] = mean_std(per_seed_means)
+        updates = [r["rel_update"]["all"] for r in records if r["rel_update"]]
+        row["rel_update"] = statistics.fmean(updates) if updates else None
+        rows.append(row)
+    return rows
+
+
+def _pm(value: tuple[float, float]) -> str:
+    return f"{value[0]:.1f} ± {value[1]:.1f}"
+
+
+def _setting(lr: float, scaling: float | None) -> str:
+    return f"lr {lr:g}" + ("" if scaling is None else f", α/r {scaling:g}")
+
+
+def plot(summary: list[dict], grid_rows: list[dict], tasks: list[str], lrs: list[float], scalings: list[float],
+         title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    adapters = [r["method"] for r in summary if r["scaling"] is not None]
+    fig = plt.figure(figsize=(max(12.0, 2.6 * len(adapters) + 2.6), 8.5))
+    spec = fig.add_gridspec(2, max(len(adapters) + 1, 2), height_ratios=[1.3, 1])
+    bars = fig.add_subplot(spec[0, :])
+    labels = [*tasks, "mean"]
+    width = 0.8 / len(summary)
+    for i, row in enumerate(summary):
+        xs = [j + (i - (len(summary) - 1) / 2) * width for j in range(len(labels))]
+        bars.bar(xs, [row[t][0] for t in labels], width, yerr=[row[t][1] for t in labels], capsize=2,
+                 label=f"{row['method']} ({_setting(row['lr'], row['scaling'])})")
+    bars.set_xticks(range(len(labels)), labels)
+    bars.set_ylabel("test top-1 (%), mean ± std over seeds")
+    bars.set_ylim(0, 100)
+    bars.axhline(100 / TARGET_CLASSES, color="k", lw=0.8, ls=":")
+    bars.grid(axis="y", alpha=0.3)
+    bars.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    val = {(r["method"], r["lr"], r["scaling"]): r["val_mean"] for r in grid_rows}
+    for k, method in enumerate(adapters):
+        ax = fig.add_subplot(spec[1, k])
+        image = np.array([[val.get((method, lr, s), np.nan) * 100 for s in scalings] for lr in lrs])
+        ax.imshow(image, vmin=100 / TARGET_CLASSES, vmax=100, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(image):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 70 else "k")
+        row = next(r for r in summary if r["method"] == method)
+        i, j = lrs.index(row["lr"]), scalings.index(row["scaling"])
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+        ax.set_xticks(range(len(scalings)), [f"{s:g}" for s in scalings], fontsize=7)
+        ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize=7)
+        ax.set_xlabel("α / r", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("lr (val mean %)", fontsize=8)
+        ax.set_title(method, fontsize=8)
+    line = fig.add_subplot(spec[1, len(adapters)])
+    for row in [r for r in summary if r["scaling"] is None]:
+        points = line.plot(lrs, [val.get((row["method"], lr, None), np.nan) * 100 for lr in lrs], marker="o",
+                           label=row["method"])
+        line.plot([row["lr"]], [val[row["method"], row["lr"], None] * 100], marker="s", ms=10, mfc="none",
+                  mec="red", mew=2, color=points[0].get_color())
+    line.set_xscale("log")
+    line.set_xlabel("lr", fontsize=8)
+    line.set_ylim(0, 100)
+    line.legend(fontsize=7)
+    line.set_title("val mean % (red: chosen)", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--arch", default="atto")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--sizes", type=int, nargs=3, default=[160, 80, 800], metavar=("TRAIN", "VAL", "TEST"),
+                        help="images per target task in train800 / val200 / test")
+    parser.add_argument("--source-sizes", type=int, nargs=3, default=[5400, 600, 1000],
+                        metavar=("TRAIN", "VAL", "TEST"), help="images of the source task (it trains on both)")
+    parser.add_argument("--source-epochs", type=int, default=10)
+    parser.add_argument("--source-lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per run")
+    parser.add_argument("--warmup-epochs", type=float, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rank", type=int, default=8, help="rank of every adapter method")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    parser.add_argument("--scalings", type=float, nargs="+", default=[1, 8, 64],
+                        help="adapter scaling alpha / rank values of the grid")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TARGETS), choices=list(TARGETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the final runs")
+    parser.add_argument("--workers", type=int, default=2, help="training processes (one torch thread each)")
+    parser.add_argument("--cache", type=Path, default=None, help="data and source model (default: "
+                                                                "~/.cache/liera-vision/transfer-study)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--weight-stats", type=Path, metavar="CHECKPOINT",
+                        help="only print mean |W| per adapted layer kind of a ConvNeXt-V2 checkpoint of --arch")
+    args = parser.parse_args(argv)
+    for key in ("image_size", "source_epochs", "epochs", "batch_size", "rank", "workers"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+    for key in ("sizes", "source_sizes"):
+        if min(getattr(args, key)) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be three positive counts, got {getattr(args, key)}")
+    for key in ("lrs", "scalings"):
+        if min(getattr(args, key)) <= 0:
+            parser.error(f"--{key} must be positive, got {getattr(args, key)}")
+    if args.warmup_epochs < 0:
+        parser.error(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    args.sizes = dict(zip(synthetic.DEFAULT_SIZES, args.sizes))
+    args.source_sizes = dict(zip(synthetic.DEFAULT_SIZES, args.source_sizes))
+    args.lrs, args.scalings = sorted(set(args.lrs)), sorted(set(args.scalings))
+    args.cache = args.cache or cache_dir()
+    return args
+
+
+WEIGHT_COLUMNS = {"kind": "adapted layers", "layers": "layers", "entries": "entries", "random": "mean |W| random init",
+                  "source": "mean |W| source model", "inverse": "1 / mean |W| (source)"}
+
+
+def print_weight_stats(args) -> None:
+    model = create_convnextv2(args.arch, 1000, checkpoint=args.weight_stats)
+    rows = [{**r, "mean_abs": f"{r['mean_abs']:.4f}", "std": f"{r['std']:.4f}",
+             "inverse": f"{1 / r['mean_abs']:.0f}"} for r in weight_stats(model)]
+    print_table(f"{args.weight_stats}: convnextv2_{args.arch}, the layers the adapters wrap", rows,
+                {"kind": "kind", "layers": "layers", "entries": "entries", "mean_abs": "mean |W|", "std": "std",
+                 "inverse": "1 / mean |W|"})
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.weight_stats:
+        print_weight_stats(args)
+        return []
+    start = time.time()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the source model trains here; the runs in workers
+    env = environment(torch.device("cpu"), "benchmarks.transfer_study", list(argv if argv is not None else []))
+    study = study_fingerprint(args)
+    sizes, src = args.sizes, args.source_sizes
+    root = args.cache / (f"v{VERSION}-{args.image_size}px-targets-{'-'.join(map(str, sizes.values()))}"
+                         f"-source-{'-'.join(map(str, src.values()))}")
+    console.print(f"transfer study {study}: convnextv2_{args.arch}, {args.image_size} px, data and source model "
+                  f"in {root}")
+    write_task(root, SOURCE, SOURCE_CLASSES, src, args.image_size, seed=0)
+    for task in args.tasks:
+        write_task(root, task, TARGET_CLASSES, sizes, args.image_size, seed=0)
+    checkpoint = root / (f"source-{args.arch}-{args.source_epochs}ep-lr{args.source_lr:g}-"
+                         f"b{args.batch_size}.safetensors")
+    cached = checkpoint.is_file()
+    console.print(("source model: cached " if cached else "pre-training the source model: ") + str(checkpoint))
+    source = pretrain_source(args, root, checkpoint)
+    console.print(f"source model: {100 * source['test_accuracy']:.1f}% test top-1 on {SOURCE} ({SOURCE_CLASSES} "
+                  f"classes), {source['epochs']} epochs, {source['wall_s']:.0f} s")
+    torch.manual_seed(0)
+    random_stats = weight_stats(create_convnextv2(args.arch, SOURCE_CLASSES))
+    source_stats = weight_stats(create_convnextv2(args.arch, SOURCE_CLASSES, checkpoint=checkpoint))
+    weights = [{"kind": r["kind"], "layers": r["layers"], "entries": r["entries"], "random": f"{r['mean_abs']:.4f}",
+                "source": f"{s['mean_abs']:.4f}", "inverse": f"{1 / s['mean_abs']:.0f}"}
+               for r, s in zip(random_stats, source_stats)]
+    print_table("Adapted layers of the source model (stem, downsamples, depthwise convs)", weights, WEIGHT_COLUMNS)
+
+    runs_file = args.out / RUNS_FILE
+    done = finished_runs(runs_file, study)
+    common = {"study": study, "arch": args.arch, "checkpoint": str(checkpoint), "data_root": str(root),
+              "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+              "warmup_epochs": args.warmup_epochs, "rank": args.rank, "runs_file": str(runs_file)}
+    phase_wall = {}
+    tune_specs = [{**common, "phase": "tune", "method": m, "task": t, "seed": 0, "lr": lr, "scaling": s}
+                  for m in args.methods for lr, s in grid(m, args.lrs, args.scalings) for t in args.tasks]
+    todo = [s for s in tune_specs if run_key(s) not in done]
+    console.print(f"tune: {len(tune_specs)} runs (train800 -> val200), {len(tune_specs) - len(todo)} finished earlier")
+    trained = {"tune": len(todo)}
+    phase_start = time.time()
+    failures = execute(todo, args.workers, "tune")
+    phase_wall["tune"] = round(time.time() - phase_start, 1)
+    if failures:
+        raise SystemExit(f"{len(failures)} tuning runs failed (run again to retry them):\n" + "\n".join(failures))
+    done = finished_runs(runs_file, study)
+    chosen, grid_rows = choose([done[run_key(s)] for s in tune_specs], args.methods, args.tasks)
+
+    final_specs = [{**common, "phase": "final", "method": m, "task": t, "seed": seed, "lr": chosen[m]["lr"],
+                    "scaling": chosen[m]["scaling"]} for m in args.methods for t in args.tasks for seed in args.seeds]
+    todo = [s for s in final_specs if run_key(s) not in done]
+    console.print(f"final: {len(final_specs)} runs (train800val200 -> test), "
+                  f"{len(final_specs) - len(todo)} finished earlier")
+    trained["final"] = len(todo)
+    phase_start = time.time()
+    failures = execute(todo, args.workers, "final")
+    phase_wall["final"] = round(time.time() - phase_start, 1)
+    if failures:
+        raise SystemExit(f"{len(failures)} final runs failed (run again to retry them):\n" + "\n".join(failures))
+    done = finished_runs(runs_file, study)
+    final = [done[run_key(s)] for s in final_specs]
+    summary = summarise(final, chosen, args.methods, args.tasks, args.seeds)
+    wall = round(time.time() - start, 1)
+
+    # --- tables, files ---
+    grid_columns = {"method": "method", "lr": "lr", "scaling": "α/r", **{t: t for t in args.tasks},
+                    "val_mean": "val mean", "chosen": "chosen"}
+    grid_table = [{**r, "lr": f"{r['lr']:g}", "scaling": "–" if r["scaling"] is None else f"{r['scaling']:g}",
+                   **{t: f"{100 * r[t]:.1f}" for t in args.tasks}, "val_mean": f"{100 * r['val_mean']:.1f}",
+                   "chosen": "✔" if r["chosen"] else ""} for r in grid_rows]
+    final_columns = {"method": "method", "lr": "lr", "scaling": "α/r", "trainable_params": "trainable",
+                     **{t: f"{t} ({TARGETS[t]})" for t in args.tasks}, "mean": "mean of tasks",
+                     "val_acc": "val mean (tune)", "rel_update": "‖W'−W‖/‖W‖"}
+    final_table = [{"method": r["method"], "lr": f"{r['lr']:g}",
+                    "scaling": "–" if r["scaling"] is None else f"{r['scaling']:g}",
+                    "trainable_params": f"{r['trainable_params']:,}", **{t: _pm(r[t]) for t in [*args.tasks, "mean"]},
+                    "val_acc": f"{100 * r['val_acc']:.1f}",
+                    "rel_update": "–" if r["rel_update"] is None else f"{r['rel_update']:.3f}"} for r in summary]
+    title = (f"Transfer study: convnextv2_{args.arch} pre-trained on {SOURCE}, {args.image_size} px, rank {args.rank}, "
+             f"{args.epochs} epochs; test top-1 % (mean ± std over seeds {args.seeds})")
+    print_table("Tuning grid: validation top-1 % (train800 -> val200, seed 0)", grid_table, grid_columns)
+    print_table(title, final_table, final_columns)
+    source_note = "was cached" if cached else f"took {source['wall_s']:.0f} s"
+    console.print(f"wall time {wall:.0f} s (tune {phase_wall['tune']:.0f} s, final {phase_wall['final']:.0f} s; "
+                  f"the source model {source_note}), "
+                  f"load average {env['load_average_1_5_15'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / f"{STEM}-grid.csv", [{"method": r["method"], "lr": r["lr"], "scaling": r["scaling"],
+                                               **{t: round(100 * r[t], 2) for t in args.tasks},
+                                               "val_mean": round(100 * r["val_mean"], 2), "chosen": r["chosen"]}
+                                              for r in grid_rows])
+    write_csv(args.out / f"{STEM}.csv", [
+        {"method": r["method"], "lr": r["lr"], "scaling": r["scaling"], "trainable_params": r["trainable_params"],
+         "task": t, "group": TARGETS.get(t, ""), "acc_mean": round(r[t][0], 2), "acc_std": round(r[t][1], 2),
+         "seeds": len(args.seeds), "rel_update": r["rel_update"]}
+        for r in summary for t in [*args.tasks, "mean"]])
+    plot(summary, grid_rows, args.tasks, args.lrs, args.scalings, title, args.out / f"{STEM}.png")
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_json(args.out / f"{STEM}.json", {
+        "environment": {**env, "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "settings": settings, "study": study, "wall_s": wall, "phase_wall_s": phase_wall,
+        "runs_trained_in_this_invocation": trained,
+        "source_model": {"checkpoint": str(checkpoint), "cached": cached, **source},
+        "weight_stats": {"random_init": random_stats, "source": source_stats},
+        "chosen": chosen, "summary": summary,
+        "markdown": "\n\n".join([markdown_table(weights, WEIGHT_COLUMNS), markdown_table(grid_table, grid_columns),
+                                 markdown_table(final_table, final_columns)]),
+    })
+    console.print(f"wrote {args.out / STEM}.{{csv,png,json}}, {args.out / STEM}-grid.csv; runs in {runs_file}")
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
