@@ -12,6 +12,15 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment():
+    """Code run in-process (mmengine, Lightning) may set variables; they must not leak into later tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def layer_zoo() -> dict[str, nn.Module]:
     """One of every layer kind the adapters must handle (small, deterministic)."""
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["lightning", "pytorch_lightning", "lightning_fabric", "mmengine", "mmdet", "mmcv", "timm", "torchmetrics"]
 
 
-@pytest.mark.parametrize("module", ["liera_vision", "liera_vision.core", "liera_vision.models"])
+@pytest.mark.parametrize("module", ["liera_vision", "liera_vision.core", "liera_vision.models", "liera_vision.fileio"])
 def test_import_is_light(module):
     code = (f"import sys, {module}; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")

@@ -8,13 +8,13 @@ safetensors only: no pickle, so a file from someone else cannot run code.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..fileio import atomic_write
 from .config import AdapterConfig
 from .inject import _saved_module_names, adapter_layers, apply_adapters, get_adapter_config
 
@@ -46,23 +46,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     config = get_adapter_config(model)
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter_config": config.to_json()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:

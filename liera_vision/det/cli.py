@@ -40,7 +40,8 @@ def _load_config(args) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if args.launcher != "none":  # mmengine's launchers read it; a plain run must not leak it to later processes
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return cfg
 
 

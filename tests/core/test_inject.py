@@ -208,7 +208,7 @@ def test_flat_factorization_count_convnextv2_base():
 def test_report_gives_mean_abs_weight_and_the_suggested_lie_scaling():
     model = small_net()
     adapted = [model[0].weight, model[2].weight]
-    expected = sum(float(w.abs().sum()) for w in adapted) / sum(w.numel() for w in adapted)
+    expected = sum(float(w.detach().abs().sum()) for w in adapted) / sum(w.numel() for w in adapted)
     _, report = apply_adapters(model, AdapterConfig(rank=1, alpha=4))
     assert report.mean_abs_weight == pytest.approx(expected)
     assert report.suggested_lie_scaling == pytest.approx(1 / expected)

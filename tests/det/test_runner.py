@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import pytest
@@ -14,12 +15,15 @@ from .conftest import ATTO_LIERA
 
 
 @pytest.mark.slow
-def test_train_checkpoint_resume_and_evaluate(tiny_options, tmp_path):
+def test_train_checkpoint_resume_and_evaluate(tiny_options, tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     work = tmp_path / "work"
     # 2 epochs of 2 iterations (4 images, batch 2); evaluation only at the end of epoch 2
     first = cli.train_main([str(ATTO_LIERA), "--work-dir", str(work), "--cfg-options", "train_cfg.max_epochs=1",
                             "train_cfg.val_interval=2", *tiny_options])
     assert (first.epoch, first.iter) == (1, 2)
+    # a non-distributed run leaves no LOCAL_RANK behind: Lightning would take it for an external launcher
+    assert "LOCAL_RANK" not in os.environ
     assert (work / "epoch_1.pth").is_file() and (work / "last_checkpoint").read_text().endswith("epoch_1.pth")
     saved = load_local_checkpoint(str(work / "epoch_1.pth"))["state_dict"]
 

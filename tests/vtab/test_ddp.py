@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT, TINY_ARGS, TINY_SIZES, cli_env
+from .conftest import ROOT, TINY_ARGS, TINY_SIZES, cli_env, run_watched
 from .test_train_e2e import RECORD_KEYS
 
 
@@ -25,8 +24,7 @@ def test_ddp_two_cpu_processes(tiny_vtab, tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "train_vtab.py"), "fit", "--config", "configs/vtab/liera_r8.yaml",
            "--data.root", str(tiny_vtab), "--data.task", "synth_orientation", "--trainer.default_root_dir", str(out),
            *TINY_ARGS, "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    env = cli_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_watched(cmd, timeout=300, env=cli_env(MASTER_PORT=str(free_port())))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "distributed_backend=gloo" in proc.stderr and "All distributed processes registered" in proc.stderr
     record = json.loads((out / "result.json").read_text())

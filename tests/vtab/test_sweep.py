@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from liera_vision.vtab.results import write_json_atomic
 from liera_vision.vtab.sweep import run_sweep
 
-from .conftest import ROOT, TINY_ARGS, cli_env
+from .conftest import ROOT, TINY_ARGS, run_watched
 
 TASKS = "synth_position,synth_orientation"
 
@@ -28,8 +27,7 @@ def test_killed_sweep_resumes(tiny_vtab, tmp_path):
     run_dir = tmp_path / "liera_r8"
     killer = json.dumps([{"class_path": "tests.vtab.killer.KillAtEpoch",
                           "init_args": {"task": "synth_orientation", "epoch": 2, "marker": str(tmp_path / "killed")}}])
-    first = subprocess.run(sweep_command(run_dir, tiny_vtab, "--trainer.callbacks", killer), cwd=ROOT, env=cli_env(),
-                           capture_output=True, text=True, timeout=300, start_new_session=True)
+    first = run_watched(sweep_command(run_dir, tiny_vtab, "--trainer.callbacks", killer), timeout=300)
     assert first.returncode == -9, first.stderr[-3000:]  # SIGKILL of the sweep and its task, mid-task
     assert (tmp_path / "killed").is_file()
     results = run_dir / "results.jsonl"
@@ -40,8 +38,7 @@ def test_killed_sweep_resumes(tiny_vtab, tmp_path):
     assert (run_dir / "synth_orientation" / "checkpoints" / "last.ckpt").is_file()
     assert not (run_dir / "synth_orientation" / "result.json").exists()
 
-    second = subprocess.run(sweep_command(run_dir, tiny_vtab), cwd=ROOT, env=cli_env(), capture_output=True,
-                            text=True, timeout=300)
+    second = run_watched(sweep_command(run_dir, tiny_vtab), timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "[1/2] liera_r8 / synth_position: finished earlier, skipped" in second.stdout
     assert "[2/2] liera_r8 / synth_orientation: resuming from" in second.stdout
