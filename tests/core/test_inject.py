@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -179,10 +180,16 @@ def test_unload_without_merge_gives_back_the_original():
     assert torch.allclose(model(x), expected)
 
 
+@pytest.fixture(scope="module")
+def base_100_classes() -> nn.Module:
+    """timm's convnextv2_base with a 100-class head, built once (its init is most of these tests' time)."""
+    return timm.create_model("convnextv2_base", num_classes=100)
+
+
 @pytest.mark.parametrize("method", ["liera", "lora"])
 @pytest.mark.parametrize("rank, expected", [(8, 7_296_260), (16, 14_487_972)])
-def test_paper_parameter_counts_convnextv2_base(method, rank, expected):
-    model = timm.create_model("convnextv2_base", num_classes=100)
+def test_paper_parameter_counts_convnextv2_base(base_100_classes, method, rank, expected):
+    model = copy.deepcopy(base_100_classes)
     model, report = apply_adapters(model, AdapterConfig(method=method, rank=rank, modules_to_save=["head"]))
     counted = count_parameters(model)
     assert counted.trainable == expected == report.trainable
@@ -199,8 +206,8 @@ def test_reference_counts_small_models(arch, per_rank, r8):
     assert report.adapter_params == per_rank * 8 and report.trainable == r8
 
 
-def test_flat_factorization_count_convnextv2_base():
-    model = timm.create_model("convnextv2_base", num_classes=100)
+def test_flat_factorization_count_convnextv2_base(base_100_classes):
+    model = copy.deepcopy(base_100_classes)
     _, report = apply_adapters(model, AdapterConfig(rank=1, factorization="flat"))
     assert report.adapter_params == 25_364
 

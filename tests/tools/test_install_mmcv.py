@@ -95,6 +95,7 @@ def test_unreachable_index_is_explained(installer, monkeypatch, tmp_path):
         installer.download_sdist(tmp_path)
 
 
+@pytest.mark.slow  # loads the compiled mmcv ops
 def test_check_passes_on_the_installed_mmcv(installer, capsys):
     assert installer.main(["--check"]) == 0
     assert "mmcv 2.1.0 with compiled ops OK (nms kept [0, 2])" in capsys.readouterr().out
