@@ -616,32 +616,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     common = {"study": study, "arch": args.arch, "checkpoint": str(checkpoint), "data_root": str(root),
               "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
               "warmup_epochs": args.warmup_epochs, "rank": args.rank, "runs_file": str(runs_file)}
-    phase_wall = {}
+    phase_wall, trained = {}, {}
+
+    def run_phase(phase: str, specs: list[dict], split: str) -> dict[tuple, dict]:
+        """Train what ``specs`` lacks in the runs file; returns every finished run (a rerun skips the done ones)."""
+        todo = [s for s in specs if run_key(s) not in done]
+        console.print(f"{phase}: {len(specs)} runs ({split}), {len(specs) - len(todo)} finished earlier")
+        trained[phase], phase_start = len(todo), time.time()
+        failures = execute(todo, args.workers, phase)
+        phase_wall[phase] = round(time.time() - phase_start, 1)
+        if failures:
+            raise SystemExit(f"{len(failures)} {phase} runs failed (run again to retry them):\n" + "\n".join(failures))
+        return finished_runs(runs_file, study)
+
     tune_specs = [{**common, "phase": "tune", "method": m, "task": t, "seed": 0, "lr": lr, "scaling": s}
                   for m in args.methods for lr, s in grid(m, args.lrs, args.scalings) for t in args.tasks]
-    todo = [s for s in tune_specs if run_key(s) not in done]
-    console.print(f"tune: {len(tune_specs)} runs (train800 -> val200), {len(tune_specs) - len(todo)} finished earlier")
-    trained = {"tune": len(todo)}
-    phase_start = time.time()
-    failures = execute(todo, args.workers, "tune")
-    phase_wall["tune"] = round(time.time() - phase_start, 1)
-    if failures:
-        raise SystemExit(f"{len(failures)} tuning runs failed (run again to retry them):\n" + "\n".join(failures))
-    done = finished_runs(runs_file, study)
+    done = run_phase("tune", tune_specs, "train800 -> val200")
     chosen, grid_rows = choose([done[run_key(s)] for s in tune_specs], args.methods, args.tasks)
 
     final_specs = [{**common, "phase": "final", "method": m, "task": t, "seed": seed, "lr": chosen[m]["lr"],
                     "scaling": chosen[m]["scaling"]} for m in args.methods for t in args.tasks for seed in args.seeds]
-    todo = [s for s in final_specs if run_key(s) not in done]
-    console.print(f"final: {len(final_specs)} runs (train800val200 -> test), "
-                  f"{len(final_specs) - len(todo)} finished earlier")
-    trained["final"] = len(todo)
-    phase_start = time.time()
-    failures = execute(todo, args.workers, "final")
-    phase_wall["final"] = round(time.time() - phase_start, 1)
-    if failures:
-        raise SystemExit(f"{len(failures)} final runs failed (run again to retry them):\n" + "\n".join(failures))
-    done = finished_runs(runs_file, study)
+    done = run_phase("final", final_specs, "train800val200 -> test")
     final = [done[run_key(s)] for s in final_specs]
     summary = summarise(final, chosen, args.methods, args.tasks, args.seeds)
     wall = round(time.time() - start, 1)

@@ -17,6 +17,7 @@ from .inject import (
     select_targets,
     unload_adapters,
     unmerge_adapters,
+    warn_zero_weights,
 )
 from .io import (
     LoadResult,
@@ -51,4 +52,5 @@ __all__ = [
     "select_targets",
     "unload_adapters",
     "unmerge_adapters",
+    "warn_zero_weights",
 ]

@@ -155,22 +155,15 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict) -> tuple[nn.M
     for name in targets:
         base = model.get_submodule(name)
         wrapped[name] = AdapterLayer(base, config, name)  # validates rank before anything changes
-    zero_notes = []
     abs_sum = sum(float(layer.base_layer.weight.detach().abs().sum()) for layer in wrapped.values())
     report.mean_abs_weight = abs_sum / sum(layer.base_layer.weight.numel() for layer in wrapped.values())
+    zeros = warn_zero_weights(wrapped, config)
     for name, layer in wrapped.items():
         base = layer.base_layer
-        zeros = int((base.weight == 0).sum())
-        zero_fraction = zeros / base.weight.numel()
-        if zeros:
-            zero_notes.append(f"layer '{name}': {zeros:,} of {base.weight.numel():,} ({zero_fraction:.4%})")
         _set_submodule(model, name, layer)
         n_params = sum(p.numel() for p in layer.parameters(recurse=False))
-        report.layers.append(AdaptedLayer(name, _kind(base), tuple(base.weight.shape), n_params, zero_fraction))
-    if zero_notes and config.method == "liera" and not config.zero_weight_fallback:
-        warnings.warn("weight entries that are exactly zero cannot move under a Lie (multiplicative) update: "
-                      f"{'; '.join(zero_notes)}. Set zero_weight_fallback=True to train them additively.",
-                      stacklevel=2)
+        report.layers.append(AdaptedLayer(name, _kind(base), tuple(base.weight.shape), n_params,
+                                          zeros[name] / base.weight.numel()))
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -184,6 +177,19 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict) -> tuple[nn.M
     report.total = sum(p.numel() for p in model.parameters())
     report.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, report
+
+
+def warn_zero_weights(layers: dict[str, AdapterLayer], config: AdapterConfig, stacklevel: int = 2) -> dict[str, int]:
+    """Count the exactly-zero base weight entries per layer; warn (once, naming each layer) when a Lie
+    update cannot move them. Call it again after loading new base weights into adapted layers."""
+    zeros = {name: int((layer.base_layer.weight == 0).sum()) for name, layer in layers.items()}
+    notes = [f"layer '{name}': {z:,} of {layers[name].base_layer.weight.numel():,} "
+             f"({z / layers[name].base_layer.weight.numel():.4%})" for name, z in zeros.items() if z]
+    if notes and config.method == "liera" and not config.zero_weight_fallback:
+        warnings.warn("weight entries that are exactly zero cannot move under a Lie (multiplicative) update: "
+                      f"{'; '.join(notes)}. Set zero_weight_fallback=True to train them additively.",
+                      stacklevel=stacklevel + 1)
+    return zeros
 
 
 def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:

@@ -31,7 +31,7 @@ from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from liera_vision.core import AdapterConfig, adapter_layers, apply_adapters, count_parameters
+from liera_vision.core import AdapterConfig, adapter_layers, apply_adapters, count_parameters, warn_zero_weights
 from liera_vision.models import ARCHS, arch_name, create_convnextv2, load_checkpoint
 
 from .checkpoint import resolve_checkpoint
@@ -156,32 +156,20 @@ class LieRAConvNeXt(BaseModule):
                     name = f"{module}.base_layer.{leaf}"
                 own[name].copy_(value)
                 filled.add(name)
-            for layer in adapter_layers(self).values():
+            adapted = adapter_layers(self)
+            for layer in adapted.values():
                 layer.reset_parameters()  # PiSSA / DoRA depend on the loaded W
-        self._warn_zero_weights()
-        # every backbone tensor must come from the checkpoint: a silent partial load is a bug
-        unfilled = [k for k in own if k not in filled and not _is_new_tensor(k)]
+        if self.adapter is not None:
+            warn_zero_weights(adapted, self.adapter)  # judged at apply time on the random weights: muted there
+        # every backbone tensor must come from the checkpoint (a silent partial load is a bug), except
+        # what no checkpoint has: the adapters' own tensors and the output norms
+        new = {f"{name}.{key}" for name, layer in adapted.items() for key in layer.state_dict()
+               if not key.startswith("base_layer.")}
+        unfilled = [k for k in own if k not in filled and k not in new and not re.match(r"norm\d\.", k)]
         if unfilled:
             raise RuntimeError(f"LieRAConvNeXt: {path} left backbone tensors unset: {unfilled[:8]}")
         print_log(f"LieRAConvNeXt-{self.arch}: {report}", logger="current")
         self._is_init = True
-
-    def _warn_zero_weights(self) -> None:
-        if self.adapter is None or self.adapter.method != "liera" or self.adapter.zero_weight_fallback:
-            return
-        zeros = {n: int((a.base_layer.weight == 0).sum()) for n, a in adapter_layers(self).items()}
-        zeros = {n: z for n, z in zeros.items() if z}
-        if zeros:
-            warnings.warn(f"LieRAConvNeXt: {sum(zeros.values()):,} loaded weight entries in {len(zeros)} adapted "
-                          f"layers (e.g. {next(iter(zeros))}) are exactly zero and cannot move under a Lie "
-                          "(multiplicative) update; set adapter zero_weight_fallback=True to train them additively",
-                          stacklevel=2)
-
-
-def _is_new_tensor(key: str) -> bool:
-    """Tensors no pretrained checkpoint has: adapters and output norms."""
-    leaf = key.rpartition(".")[2]
-    return bool(re.match(r"norm\d\.", key)) or leaf in ("lora_A", "lora_B", "dora_magnitude", "pissa_A0", "pissa_B0")
 
 
 def _check_out_indices(out_indices) -> tuple[int, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -171,3 +173,16 @@ def test_checkpoint_errors_name_the_file(source, tmp_path):
     femto = _write(create_convnextv2("femto"), "official", tmp_path / "femto.pt")
     with pytest.raises(ValueError, match=r"femto\.pt: .* has shape .* \(wrong arch\?\)"):
         LieRAConvNeXt("atto", init_cfg=dict(type="Pretrained", checkpoint=str(femto))).init_weights()
+
+
+def test_zero_weights_are_judged_on_the_loaded_checkpoint(source, tmp_path):
+    """The random weights at build time are replaced by init_weights: the warning names the loaded zeros."""
+    state = {k: v.clone().contiguous() for k, v in source.state_dict().items()}
+    state["stages.1.blocks.0.conv_dw.weight"][:4] = 0  # 4 of 80 channels: 196 of 3,920 entries
+    path = tmp_path / "zeros.safetensors"
+    save_file(state, str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*exactly zero")  # no zero warning at build time
+        model = LieRAConvNeXt("atto", adapter=LIERA, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.warns(UserWarning, match=r"layer 'stages\.1\.0\.conv_dw': 196 of 3,920 \(5\.0000%\)"):
+        model.init_weights()
