@@ -1,124 +1,226 @@
-"""AdapterConfig: what to adapt and how. Round-trips through dict / JSON / YAML."""
+"""AdapterConfig: what to adapt and how, on three independent axes. Round-trips through dict / JSON / YAML.
+
+The axes (each a small registry; adding an entry there makes it valid here):
+
+============  ======================================  =====================================
+axis          field                                   registry
+============  ======================================  =====================================
+how ΔW starts ``init``: ``lora`` | ``pissa``           :data:`liera_vision.core.delta.INITS`
+how ΔW meets W ``composition``: ``additive`` |          :data:`liera_vision.core.compose.COMPOSITIONS`
+              ``taylor`` | ``exp``
+what follows  ``post``: ``None`` | ``dora``            :data:`liera_vision.core.compose.POST_STEPS`
+============  ======================================  =====================================
+
+LoRA is ``composition="additive"``; LieRA (arXiv 2504.00851, §3) is ``"taylor"`` (``W + W ⊙ ΔW``,
+the paper's "w/ TA") or ``"exp"`` (``W ⊙ exp(ΔW)``). PiSSA and DoRA combine freely with both.
+``method`` and ``variant`` — the fields of liera-vision 0.1.0 — stay accepted as aliases.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("liera", "lora")
-VARIANTS = (None, "dora", "pissa")
-COMPOSITIONS = ("taylor", "exp")
-FACTORIZATIONS = ("kernel", "flat")
+from .compose import COMPOSITIONS, POST_STEPS
+from .delta import FACTORIZATIONS, INITS
+from .scale import SCALE_RULES
+
 TARGET_PRESETS = ("spatial", "pointwise", "all")
+METHODS = {"liera": "taylor", "lora": "additive"}  # alias -> the composition it stands for
+VARIANTS = {"dora": ("post", "dora", None), "pissa": ("init", "pissa", "lora")}  # alias -> (axis, value, default)
+# alpha=None resolves to this for Lie compositions: alpha / rank = 1 / mean|W| of the adapted weights,
+# measured in docs/benchmarks.md ("LieRA's scale"); additive compositions resolve to alpha = rank.
+LIE_DEFAULT_ALPHA = "auto"
+CONFIG_VERSION = 2
 
 
 @dataclass
 class AdapterConfig:
-    """Configuration of a low-rank adapter applied to conv kernels and linear layers.
+    """Configuration of low-rank adapters on conv kernels and linear layers.
 
     Attributes:
-        method: ``"liera"`` composes the update multiplicatively with the frozen weight
-            (``W ⊙ exp(ΔW)`` or ``W + W ⊙ ΔW``); ``"lora"`` adds it (``W + ΔW``).
-        variant: ``None``, ``"dora"`` (per-output-channel magnitude/direction split applied to
-            the composed weight) or ``"pissa"`` (factors start at the principal singular
-            triplets of the reshaped weight; the update is taken relative to that start).
-        rank: the rank ``r`` of the factorization ``ΔW = (alpha / r) · B @ A``.
-        alpha: scale numerator; ``None`` means ``alpha = rank`` (scale 1), LoRA's usual choice.
-            A Lie update is relative (``W ⊙ ΔW``), so its steps are ~mean|W| (≈ 0.02 for
-            ConvNeXt kernels) times LoRA's: the transfer study in ``docs/benchmarks.md`` found
-            ``alpha / rank ≈ 1 / mean|W|`` (64 there) best, and the project's LieRA configs use it.
-            ``apply_adapters``' report prints mean|W| and the suggested value for your weights.
-        dropout: rank dropout: during training each inner (rank) component of the update is
-            dropped with this probability and the rest are rescaled by ``1 / (1 - p)``.
-        composition: for ``liera`` only: ``"taylor"`` (default, ``W + W ⊙ ΔW``) or ``"exp"``
-            (``W ⊙ exp(ΔW)``). ``None`` picks the method's default.
-        factorization: ``"kernel"`` (the ``loralib`` conv factorization, ``A: (r·k, C_in·k)``,
-            ``B: (C_out/groups·k, r·k)``; the paper's parameter counts) or ``"flat"``
-            (``B: (C_out, r)``, ``A: (r, C_in/groups·kh·kw)``).
-        targets: a preset (``"spatial"``: convs with a kernel larger than 1×1, the paper's choice;
+        rank: the rank ``r`` of ``ΔW = (alpha / r) · reshape(B @ A)``.
+        alpha: a positive number (``alpha / rank`` scales ΔW), or a weight-derived scale for Lie
+            compositions: ``"auto"`` sets ``alpha / rank = 1 / mean|W|`` over all adapted weights,
+            ``"auto-kind"`` per layer kind (same kernel geometry, e.g. all depthwise 7×7),
+            ``"auto-layer"`` per layer. A Lie step changes W by a *fraction* ~ lr·alpha/r of itself,
+            LoRA's by ~ lr·alpha/(r·|W|); the weight-derived scale gives the Lie update LoRA's step
+            (docs/benchmarks.md, "LieRA's scale"). ``None`` (default) means ``rank`` for
+            ``additive`` and ``"auto"`` for Lie compositions; after construction it is never
+            ``None``. The resolved ``alpha / rank`` of every layer is stored in the adapter
+            (``lora_scaling``) and in every saved artefact, so reloading reproduces the model.
+        composition: ``"taylor"`` (default, ``W + W ⊙ ΔW``), ``"exp"`` (``W ⊙ exp(ΔW)``) or
+            ``"additive"`` (LoRA, ``W + ΔW``).
+        init: ``"lora"`` (``A`` Kaiming-uniform, ``B`` zero) or ``"pissa"`` (factors start at the
+            top singular triplets of the reshaped W; the update is taken relative to that start,
+            ``ΔW = (alpha / r)(BA − B₀A₀)``, so step 0 is the base model).
+        post: ``None`` or ``"dora"`` (``W' = m · V / ‖V‖`` per output channel, m trainable).
+        factorization: ``"kernel"`` (``loralib``'s conv factorization, generalised to N spatial
+            dims; the paper's parameter counts) or ``"flat"``. See :mod:`liera_vision.core.delta`.
+        dropout: rank dropout probability during training (kept components rescaled by 1/(1-p)).
+        targets: a preset (``"spatial"``: convs with a kernel larger than 1, the paper's choice;
             ``"pointwise"``: 1×1 convs and linear layers; ``"all"``) or a list of regexes. A regex
-            selects a module when it matches the module's full dotted name or a dotted suffix of
-            it (``"dwconv"`` selects ``stages.0.blocks.1.dwconv``).
-        exclude: regexes (same matching rule) of modules never adapted.
-        modules_to_save: regexes of modules that stay fully trainable and are saved in the
-            adapter file (e.g. ``["head"]``).
-        zero_weight_fallback: for ``liera``: add ``1[W == 0] ⊙ ΔW`` so that exactly-zero weight
-            entries (which a multiplicative update cannot move) are trained additively.
+            selects a module when it matches its full dotted name or a dotted suffix of it.
+        exclude: regexes (same rule) of modules never adapted.
+        modules_to_save: regexes of modules trained in full and saved with the adapter (``["head"]``).
+        rank_pattern / alpha_pattern: per-layer ``rank`` / ``alpha`` by regex, matched as PEFT does
+            (the first key, in insertion order, matching the full name or a dotted suffix of it).
+        zero_weight_fallback: for Lie compositions, add ``1[W == 0] ⊙ ΔW`` so exactly-zero weight
+            entries (which a multiplicative update cannot move) train additively.
+        method, variant: 0.1.0 aliases, accepted on input only (``method="lora"`` is
+            ``composition="additive"``, ``method="liera"`` a Lie composition; ``variant="dora"``
+            is ``post="dora"``, ``variant="pissa"`` is ``init="pissa"``); reset to ``None``.
+
+    Raises:
+        ValueError: naming the field and the accepted values.
     """
 
-    method: str = "liera"
-    variant: str | None = None
     rank: int = 8
-    alpha: float | None = None
-    dropout: float = 0.0
+    alpha: float | str | None = None
     composition: str | None = None
+    init: str = "lora"
+    post: str | None = None
     factorization: str = "kernel"
+    dropout: float = 0.0
     targets: str | list[str] = "spatial"
     exclude: list[str] = field(default_factory=list)
     modules_to_save: list[str] = field(default_factory=list)
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float | str] = field(default_factory=dict)
     zero_weight_fallback: bool = False
+    method: str | None = None
+    variant: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"AdapterConfig.method must be one of {METHODS}, got {self.method!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"AdapterConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.composition is None:
-            self.composition = "taylor" if self.method == "liera" else "additive"
-        if self.method == "lora" and self.composition != "additive":
-            raise ValueError(f"AdapterConfig.composition={self.composition!r} applies to method='liera' only; "
-                             "method='lora' is additive")
-        if self.method == "liera" and self.composition not in COMPOSITIONS:
-            raise ValueError(f"AdapterConfig.composition must be one of {COMPOSITIONS}, got {self.composition!r}")
-        if self.factorization not in FACTORIZATIONS:
-            raise ValueError(f"AdapterConfig.factorization must be one of {FACTORIZATIONS}, "
-                             f"got {self.factorization!r}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"AdapterConfig.rank must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and not float(self.alpha) > 0:
-            raise ValueError(f"AdapterConfig.alpha must be positive or None, got {self.alpha!r}")
+        self._resolve_aliases()
+        _check_choice("composition", self.composition, list(COMPOSITIONS))
+        _check_choice("init", self.init, list(INITS))
+        _check_choice("post", self.post, [None, *POST_STEPS])
+        _check_choice("factorization", self.factorization, list(FACTORIZATIONS))
+        _check_rank("rank", self.rank)
+        self.alpha = self._resolve_alpha("alpha", self.alpha)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.targets, str):
-            if self.targets not in TARGET_PRESETS:
-                raise ValueError(f"AdapterConfig.targets must be one of {TARGET_PRESETS} or a list of regexes, "
-                                 f"got {self.targets!r}")
+            _check_choice("targets", self.targets, list(TARGET_PRESETS), "or a list of regexes")
         else:
             self.targets = list(self.targets)
             if not self.targets:
                 raise ValueError("AdapterConfig.targets is an empty list: nothing would be adapted")
         self.exclude = list(self.exclude)
         self.modules_to_save = list(self.modules_to_save)
-        if self.zero_weight_fallback and self.method != "liera":
-            raise ValueError("AdapterConfig.zero_weight_fallback applies to method='liera' only")
+        self.rank_pattern = dict(self.rank_pattern)
+        self.alpha_pattern = dict(self.alpha_pattern)
+        for pattern, rank in self.rank_pattern.items():
+            _check_regex("rank_pattern", pattern)
+            _check_rank(f"rank_pattern[{pattern!r}]", rank)
+        for pattern, alpha in self.alpha_pattern.items():
+            _check_regex("alpha_pattern", pattern)
+            self.alpha_pattern[pattern] = self._resolve_alpha(f"alpha_pattern[{pattern!r}]", alpha)
+        for name in ("targets", "exclude", "modules_to_save"):
+            for pattern in [] if isinstance(getattr(self, name), str) else getattr(self, name):
+                _check_regex(name, pattern)
+        if self.zero_weight_fallback and not self.is_lie:
+            raise ValueError("AdapterConfig.zero_weight_fallback applies to Lie compositions only "
+                             f"(composition is {self.composition!r})")
+
+    def _resolve_aliases(self) -> None:
+        if self.method is not None:
+            _check_choice("method", self.method, list(METHODS), "(an alias of composition)")
+            if self.composition is None:
+                self.composition = METHODS[self.method]
+            elif (self.composition == "additive") != (self.method == "lora"):
+                raise ValueError(f"AdapterConfig: method={self.method!r} contradicts composition="
+                                 f"{self.composition!r} (method='lora' means composition='additive'; "
+                                 "method='liera' means 'taylor' or 'exp')")
+        if self.variant is not None:
+            _check_choice("variant", self.variant, [None, *VARIANTS], "(an alias of post / init)")
+            axis, value, default = VARIANTS[self.variant]
+            if getattr(self, axis) not in (default, value):
+                raise ValueError(f"AdapterConfig: variant={self.variant!r} contradicts {axis}={getattr(self, axis)!r}")
+            setattr(self, axis, value)
+        self.method = self.variant = None
+        if self.composition is None:
+            self.composition = METHODS["liera"]
+
+    def _resolve_alpha(self, label: str, alpha):
+        if alpha is None:
+            return LIE_DEFAULT_ALPHA if self.is_lie else float(self.rank)
+        if isinstance(alpha, str):
+            if alpha not in SCALE_RULES:
+                try:
+                    alpha = float(alpha)
+                except ValueError:
+                    raise ValueError(f"AdapterConfig.{label} must be a positive number or one of "
+                                     f"{list(SCALE_RULES)}, got {alpha!r}") from None
+            elif not self.is_lie:
+                raise ValueError(f"AdapterConfig.{label}={alpha!r} derives the scale from the weights, which "
+                                 "suits Lie compositions only; give composition='additive' a number (e.g. rank)")
+            else:
+                return alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not float(alpha) > 0:
+            raise ValueError(f"AdapterConfig.{label} must be a positive number or one of {list(SCALE_RULES)}, "
+                             f"got {alpha!r}")
+        return float(alpha)
+
+    # --- derived labels ------------------------------------------------------------------------
+    @property
+    def is_lie(self) -> bool:
+        """True for the multiplicative (Lie-group) compositions."""
+        return COMPOSITIONS[self.composition].lie
 
     @property
-    def scaling(self) -> float:
-        return float(self.alpha if self.alpha is not None else self.rank) / self.rank
+    def family(self) -> str:
+        """``"liera"`` for Lie compositions, ``"lora"`` for the additive one."""
+        return "liera" if self.is_lie else "lora"
+
+    @property
+    def scaling(self) -> float | None:
+        """``alpha / rank`` when ``alpha`` is a number; ``None`` when the weights set it (per layer)."""
+        return self.alpha / self.rank if isinstance(self.alpha, float) else None
 
     @property
     def name(self) -> str:
-        """Short label, e.g. ``liera-taylor-r8``, ``dora+liera-exp-r16``, ``lora-r8``."""
-        base = self.method if self.method == "lora" else f"liera-{self.composition}"
-        prefix = f"{self.variant}+" if self.variant else ""
+        """Short label (stable across versions: run folders and reports use it), e.g. ``liera-taylor-r8``,
+        ``lora-r8``, ``dora+liera-taylor-r16``, ``pissa+dora+liera-exp-r16``."""
+        base = f"liera-{self.composition}" if self.is_lie else "lora"
+        tags = (("pissa", self.init == "pissa"), ("dora", self.post == "dora"))
+        prefix = "".join(f"{tag}+" for tag, on in tags if on)
         return f"{prefix}{base}-r{self.rank}"
 
     def describe(self) -> str:
-        """One line for logs, e.g. ``liera-taylor-r16 (kernel, scaling 1)``."""
-        return f"{self.name} ({self.factorization}, scaling {self.scaling:g})"
+        """One line for logs, e.g. ``liera-taylor-r16 (kernel, alpha auto)``."""
+        alpha = self.alpha if isinstance(self.alpha, str) else f"{self.alpha:g}"
+        return f"{self.name} ({self.factorization}, alpha {alpha})"
 
-    # --- serialisation -------------------------------------------------------------------
+    # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data (JSON / YAML safe) with ``"version"``; the aliases are not written."""
+        data = dataclasses.asdict(self)
+        del data["method"], data["variant"]
+        return {"version": CONFIG_VERSION, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        """Build from :meth:`to_dict` output, a hand-written dict or a 0.1.0 dict.
+
+        A 0.1.0 dict (no ``"version"``, with ``"variant"``, as every 0.1.0 artefact stored it) keeps
+        its meaning: its ``alpha=None`` was ``alpha = rank``.
+        """
         if isinstance(data, cls):
             return data
         if not isinstance(data, dict):
             raise ValueError(f"AdapterConfig.from_dict expects a dict, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop("version", None)
+        if version is None and "variant" in data and data.get("alpha") is None:
+            data["alpha"] = float(data.get("rank", cls.rank))
+        elif version not in (None, CONFIG_VERSION):
+            raise ValueError(f"AdapterConfig version {version!r} is newer than this liera-vision understands "
+                             f"({CONFIG_VERSION}); upgrade liera-vision")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -142,3 +244,22 @@ class AdapterConfig:
         import yaml
 
         return cls.from_dict(yaml.safe_load(text))
+
+
+def _check_choice(name: str, value, choices: list, extra: str = "") -> None:
+    if value not in choices:
+        raise ValueError(f"AdapterConfig.{name} must be one of {choices}{' ' + extra if extra else ''}, got {value!r}")
+
+
+def _check_rank(name: str, rank) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"AdapterConfig.{name} must be a positive integer, got {rank!r}")
+
+
+def _check_regex(name: str, pattern) -> None:
+    if not isinstance(pattern, str):
+        raise ValueError(f"AdapterConfig.{name} entries must be regex strings, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"AdapterConfig.{name}: {pattern!r} is not a valid regex ({err})") from None

@@ -1,41 +1,77 @@
-"""Target matching, ``apply_adapters``, merge / unmerge / merge_and_unload."""
+"""Target selection, ``apply_adapters``, named adapters on a model, merge / unmerge / merge_and_unload.
+
+Every operation that changes a model is a transaction: on any error the model is left exactly as
+it was (modules, parameters, buffers, ``requires_grad``, training flags, adapter state).
+"""
 
 from __future__ import annotations
 
-import math
+import contextlib
+import copy
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
+from ..errors import ZeroWeightWarning
+from . import bases
 from .config import AdapterConfig
+from .delta import factor_shape
 from .layers import AdapterLayer
+from .scale import ScaleInput, resolve_scalings
 
-CONFIG_ATTR = "_liera_adapter_config"
-ADAPTABLE = (nn.Conv2d, nn.Linear)
+CONFIG_ATTR = "_liera_adapter_configs"  # adapter name -> AdapterConfig, on the adapted model
 
 
+# --- matching -------------------------------------------------------------------------------------
 def name_matches(pattern: str, name: str) -> bool:
-    """True when ``pattern`` fully matches ``name`` or one of its dotted suffixes."""
+    """True when ``pattern`` fully matches ``name`` or one of its dotted suffixes (PEFT's rule)."""
     parts = name.split(".")
     return any(re.fullmatch(pattern, ".".join(parts[i:])) for i in range(len(parts)))
 
 
+def pattern_value(patterns: dict, name: str):
+    """The value of the first key of ``patterns`` (insertion order) that matches ``name``, else ``None``
+    (PEFT's ``rank_pattern`` / ``alpha_pattern`` lookup)."""
+    return next((value for key, value in patterns.items() if name_matches(key, name)), None)
+
+
 def _preset_matches(preset: str, module: nn.Module) -> bool:
-    if not isinstance(module, ADAPTABLE):
+    if bases.base_kind(module) is None:
         return False
-    spatial = isinstance(module, nn.Conv2d) and math.prod(module.kernel_size) > 1
+    spatial = bases.is_spatial(module)
     return {"spatial": spatial, "pointwise": not spatial, "all": True}[preset]
 
 
-def get_adapter_config(model: nn.Module) -> AdapterConfig | None:
-    """The config ``apply_adapters`` used on ``model`` (``None`` for a plain model)."""
-    return getattr(model, CONFIG_ATTR, None)
-
-
+# --- the adapters of a model ----------------------------------------------------------------------
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """Name → adapter layer (a layer reachable under several names is listed once, by its first name)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def adapter_configs(model: nn.Module) -> dict[str, AdapterConfig]:
+    """Adapter name → the config it was applied with (empty for a plain model)."""
+    return dict(getattr(model, CONFIG_ATTR, None) or {})
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    """The name of the model's active adapter (``None`` for a plain model)."""
+    return next((layer.active_adapter for layer in adapter_layers(model).values()
+                 if layer.active_adapter in layer.settings), None)
+
+
+def get_adapter_config(model: nn.Module, adapter_name: str | None = None) -> AdapterConfig | None:
+    """The config of ``adapter_name`` (default: the active adapter); ``None`` for a plain model.
+
+    This is the one place an adapted model keeps its configuration.
+    """
+    configs = adapter_configs(model)
+    if adapter_name is None:
+        adapter_name = active_adapter(model) or next(iter(configs), None)
+    return configs.get(adapter_name)
 
 
 def _saved_module_names(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -49,149 +85,287 @@ def _saved_module_names(model: nn.Module, patterns: list[str]) -> list[str]:
     return [n for n in names if not any(n.startswith(o + ".") for o in names)]
 
 
-def select_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
-    """Names of the modules ``config`` adapts; ``ValueError`` when the selection is invalid."""
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@dataclass
+class Selection:
+    targets: list[str]
+    skipped: list[tuple[str, str]]  # (name, why an adapter there could not be correct)
+
+
+def _select(model: nn.Module, config: AdapterConfig, adapter_name: str = "default") -> Selection:
     saved = _saved_module_names(model, config.modules_to_save)
-    adapted = adapter_layers(model)
-    targets = []
+    owners = bases.parameter_owners(model)
+    paths = bases.module_paths(model)
+    explicit = not isinstance(config.targets, str)
+    wrappers = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    selection = Selection([], [])
     for name, module in model.named_modules():
-        if not name or any(name == s or name.startswith(s + ".") for s in saved):
+        if not name or _under(name, saved) or any(name.startswith(w + ".") for w in wrappers):
             continue
         if any(name_matches(p, name) for p in config.exclude):
             continue
-        if isinstance(config.targets, str):
-            hit = _preset_matches(config.targets, module)
-        else:
-            hit = any(name_matches(p, name) for p in config.targets)
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        hit = any(name_matches(p, name) for p in config.targets) if explicit else _preset_matches(config.targets, base)
         if not hit:
             continue
-        owner = next((a for a in adapted if name == a or name.startswith(a + ".")), None)
-        if owner is not None:
-            raise ValueError(f"layer '{owner}' is already adapted; applying adapters twice to one layer is not "
-                             "supported (merge_and_unload the model first)")
-        if not isinstance(module, ADAPTABLE):
+        if bases.base_kind(base) is None:
             raise ValueError(f"layer '{name}' matched targets={config.targets!r} but is a {type(module).__name__}; "
-                             "adapters wrap nn.Conv2d and nn.Linear only (narrow the regex or use exclude)")
-        targets.append(name)
-    if not targets:
-        sample = [n for n, m in model.named_modules() if isinstance(m, ADAPTABLE)][:6]
-        raise ValueError(f"targets={config.targets!r} (exclude={config.exclude!r}) matched no nn.Conv2d / nn.Linear "
-                         f"in {type(model).__name__}; its adaptable layers are named like {sample}")
-    return targets
+                             f"adapters wrap {bases.SUPPORTED} only (narrow the regex or use exclude)")
+        if isinstance(module, AdapterLayer) and adapter_name in module.settings:
+            raise ValueError(f"layer '{name}' already has an adapter named {adapter_name!r}; give the new adapter "
+                             "another adapter_name (or merge_and_unload the model first)")
+        reason = bases.cannot_adapt(base, owners, paths[id(module)])
+        if reason and explicit:
+            raise ValueError(f"layer '{name}' cannot be adapted: {reason}; exclude it or narrow targets")
+        if reason:
+            selection.skipped.append((name, reason))
+        else:
+            selection.targets.append(name)
+    if not selection.targets:
+        sample = [n for n, m in model.named_modules() if bases.base_kind(m) is not None][:6]
+        skipped = f"; skipped: {selection.skipped}" if selection.skipped else ""
+        raise ValueError(f"targets={config.targets!r} (exclude={config.exclude!r}) matched no adaptable layer in "
+                         f"{type(model).__name__}; its adaptable layers are named like {sample}{skipped}")
+    return selection
 
 
+def select_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
+    """Names of the modules ``config`` adapts; ``ValueError`` when the selection is invalid."""
+    return _select(model, config).targets
+
+
+# --- transactions ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def model_transaction(model: nn.Module, overwrite: list[torch.Tensor] = ()) -> Iterator[None]:
+    """On any exception inside, put ``model`` back exactly as it was (then re-raise).
+
+    Restores every module's children, parameters, buffers, training flag and ``requires_grad``,
+    the adapter layers' state and the model's adapter configs; ``overwrite`` lists tensors whose
+    values the block may change (they are copied back).
+    """
+    modules = list(model.modules())
+    structure = [(m, dict(m._modules), dict(m._parameters), dict(m._buffers), set(m._non_persistent_buffers_set),
+                  m.training) for m in modules]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    layers = [(m, copy.copy(m.settings), list(m._active_adapter), list(m.merged_adapters), m._disable_adapters)
+              for m in modules if isinstance(m, AdapterLayer)]
+    configs = getattr(model, CONFIG_ATTR, None)
+    values = [(t, t.detach().clone()) for t in overwrite]
+    try:
+        yield
+    except BaseException:
+        for m, children, params, buffers, non_persistent, training in structure:
+            m._modules.clear(), m._modules.update(children)
+            m._parameters.clear(), m._parameters.update(params)
+            m._buffers.clear(), m._buffers.update(buffers)
+            m._non_persistent_buffers_set.clear(), m._non_persistent_buffers_set.update(non_persistent)
+            m.training = training
+        for p, flag in grads:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        for m, settings, active, merged, disabled in layers:
+            m.settings, m._active_adapter, m.merged_adapters, m._disable_adapters = settings, active, merged, disabled
+        with torch.no_grad():
+            for t, value in values:
+                t.copy_(value)
+        if configs is None:
+            model.__dict__.pop(CONFIG_ATTR, None)
+        else:
+            setattr(model, CONFIG_ATTR, configs)
+        raise
+
+
+def _install(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+# --- report ----------------------------------------------------------------------------------------
 @dataclass
 class AdaptedLayer:
     name: str
     kind: str
     weight_shape: tuple[int, ...]
+    rank: int
     adapter_params: int
+    scaling: float
     zero_fraction: float
 
 
 @dataclass
 class AdaptationReport:
-    """What ``apply_adapters`` did. ``str(report)`` is a table."""
+    """What ``apply_adapters`` did. ``str(report)`` is a table; :meth:`summary` one line for logs."""
 
     config: AdapterConfig
+    adapter_name: str = "default"
     layers: list[AdaptedLayer] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     modules_to_save: list[str] = field(default_factory=list)
     trainable: int = 0
     total: int = 0
     mean_abs_weight: float = 0.0  # over every adapted weight entry; a Lie step scales with it
 
     @property
-    def suggested_lie_scaling(self) -> float:
-        """α/r ≈ 1 / mean|W|: where the transfer study (docs/benchmarks.md) found Lie updates work best."""
-        return 1.0 / self.mean_abs_weight if self.mean_abs_weight else float("nan")
-
-    @property
     def adapter_params(self) -> int:
         return sum(layer.adapter_params for layer in self.layers)
 
+    @property
+    def suggested_lie_scaling(self) -> float:
+        """``1 / mean|W|``: the alpha / rank that ``alpha="auto"`` uses (docs/benchmarks.md, "LieRA's scale")."""
+        return 1.0 / self.mean_abs_weight if self.mean_abs_weight else float("nan")
+
+    def summary(self) -> str:
+        """``liera-taylor-r8 (kernel, alpha auto): 16 layers adapted, 94,796 adapter params; trainable … (x%)``."""
+        return (f"{self.config.describe()}: {len(self.layers)} layers adapted, {self.adapter_params:,} adapter params; "
+                f"modules_to_save={self.modules_to_save}; trainable {self.trainable:,} / {self.total:,} "
+                f"({100 * self.trainable / max(self.total, 1):.2f}%)")
+
     def __str__(self) -> str:
-        rows = [f"{'layer':<40} {'type':<20} {'weight':<20} {'adapter params':>14}"]
+        rows = [f"{'layer':<40} {'type':<20} {'weight':<22} {'rank':>4} {'alpha/rank':>10} {'adapter params':>14}"]
         for layer in self.layers:
-            rows.append(f"{layer.name:<40} {layer.kind:<20} {str(layer.weight_shape):<20} {layer.adapter_params:>14,}")
-        rows.append(f"{self.config.describe()}: {len(self.layers)} layers adapted, "
-                    f"{self.adapter_params:,} adapter params; modules_to_save={self.modules_to_save}; "
-                    f"trainable {self.trainable:,} / {self.total:,} ({100 * self.trainable / max(self.total, 1):.2f}%)")
-        if self.config.method == "liera":
-            rows.append(f"mean |W| of the adapted weights {self.mean_abs_weight:.4g}: a Lie update moves W by W ⊙ ΔW, "
-                        f"so its steps scale with |W|; alpha / rank ≈ 1 / mean|W| = {self.suggested_lie_scaling:.3g} "
-                        f"worked best in docs/benchmarks.md (this config: {self.config.scaling:g})")
+            rows.append(f"{layer.name:<40} {layer.kind:<20} {str(layer.weight_shape):<22} {layer.rank:>4} "
+                        f"{layer.scaling:>10.4g} {layer.adapter_params:>14,}")
+        rows.append(self.summary())
+        for name, reason in self.skipped:
+            rows.append(f"skipped '{name}': {reason}")
+        if self.config.is_lie:
+            how = (f"alpha={self.config.alpha!r}: alpha/rank from 1/mean|W|" if isinstance(self.config.alpha, str)
+                   else f"alpha/rank {self.config.scaling:g}; alpha='auto' would give {self.suggested_lie_scaling:.3g}")
+            rows.append(f"mean |W| of the adapted weights {self.mean_abs_weight:.4g}: a Lie update moves W by "
+                        f"W ⊙ ΔW, so its steps scale with |W| ({how}; docs/benchmarks.md)")
         return "\n".join(rows)
 
 
-def _kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return "Linear"
-    k = "x".join(map(str, module.kernel_size))
-    groups = "" if module.groups == 1 else (" dw" if module.groups == module.in_channels else f" g{module.groups}")
-    return f"Conv2d {k}/s{module.stride[0]}{groups}"
+# --- apply -----------------------------------------------------------------------------------------
+def numel(p: torch.Tensor) -> int:
+    """Entries of ``p``; 0 for a lazy module's uninitialised parameter."""
+    return 0 if isinstance(p, nn.parameter.UninitializedParameter) else p.numel()
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+def _freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        if not isinstance(p, nn.parameter.UninitializedParameter):  # lazy: nothing to freeze yet
+            p.requires_grad_(False)
+    for layer in adapter_layers(model).values():
+        for name in layer.active_adapters:
+            if name in layer.settings:
+                layer._set_trainable(name, True)
 
 
-def apply_adapters(model: nn.Module, config: AdapterConfig | dict) -> tuple[nn.Module, AdaptationReport]:
-    """Wrap the targeted layers of ``model`` in place and freeze everything else.
+def apply_adapters(model: nn.Module, config: AdapterConfig | dict,
+                   adapter_name: str = "default") -> tuple[nn.Module, AdaptationReport]:
+    """Wrap the targeted layers of ``model`` in place with adapter ``adapter_name``.
 
-    Parameters stay trainable for the adapters and ``config.modules_to_save``. Returns the
-    model and an :class:`AdaptationReport`.
+    The first adapter of a model becomes active, and everything but its parameters and
+    ``config.modules_to_save`` is frozen. A further adapter (another ``adapter_name``) is added
+    inactive and frozen: :func:`set_adapter` switches. ``modules_to_save`` modules are shared by the
+    adapters of one model. Returns the model and an :class:`AdaptationReport`; presets skip layers
+    an adapter could not handle correctly (listed in ``report.skipped``), an explicit regex that
+    names one raises.
+
+    Raises:
+        ValueError: invalid config or selection (naming the layer or field); the model is unchanged.
     """
     config = AdapterConfig.from_dict(config) if isinstance(config, dict) else config
-    if get_adapter_config(model) is not None:
-        first = next(iter(adapter_layers(model)), "?")
-        raise ValueError(f"{type(model).__name__} already carries adapters (e.g. layer '{first}'); applying adapters "
-                         "twice is not supported (merge_and_unload the model first)")
-    targets = select_targets(model, config)
+    if not isinstance(config, AdapterConfig):
+        raise ValueError(f"apply_adapters expects an AdapterConfig or a dict, got {type(config).__name__}")
+    configs = adapter_configs(model)
+    if adapter_name in configs:
+        raise ValueError(f"{type(model).__name__} already has an adapter named {adapter_name!r}; applying it twice is "
+                         "not supported (use another adapter_name, or merge_and_unload the model first)")
+    selection = _select(model, config, adapter_name)
     saved = _saved_module_names(model, config.modules_to_save)
-    report = AdaptationReport(config=config, modules_to_save=saved)
-    wrapped = {}
-    for name in targets:
-        base = model.get_submodule(name)
-        wrapped[name] = AdapterLayer(base, config, name)  # validates rank before anything changes
-    abs_sum = sum(float(layer.base_layer.weight.detach().abs().sum()) for layer in wrapped.values())
-    report.mean_abs_weight = abs_sum / sum(layer.base_layer.weight.numel() for layer in wrapped.values())
-    zeros = warn_zero_weights(wrapped, config)
-    for name, layer in wrapped.items():
-        base = layer.base_layer
-        _set_submodule(model, name, layer)
-        n_params = sum(p.numel() for p in layer.parameters(recurse=False))
-        report.layers.append(AdaptedLayer(name, _kind(base), tuple(base.weight.shape), n_params,
-                                          zeros[name] / base.weight.numel()))
-
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer in wrapped.values():
-        for p in layer.parameters(recurse=False):
-            p.requires_grad_(True)
-    for name in saved:
-        for p in model.get_submodule(name).parameters():
-            p.requires_grad_(True)
-    setattr(model, CONFIG_ATTR, config)
-    report.total = sum(p.numel() for p in model.parameters())
-    report.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    paths = bases.module_paths(model)
+    specs = {}
+    for name in selection.targets:
+        module = model.get_submodule(name)
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        rank = pattern_value(config.rank_pattern, name) or config.rank
+        alpha = pattern_value(config.alpha_pattern, name) or config.alpha
+        weight = bases.to_canonical(bases.base_kind(base), base.weight)
+        factor_shape(tuple(weight.shape), bases.groups_of(base), rank, config.factorization, f"layer '{name}'")
+        specs[name] = (module, base, rank, alpha, ScaleInput(weight, bases.label(base), alpha, rank))
+    scalings = resolve_scalings({name: spec[4] for name, spec in specs.items()})
+    report = AdaptationReport(config=config, adapter_name=adapter_name, skipped=selection.skipped,
+                              modules_to_save=saved)
+    active = active_adapter(model)
+    with model_transaction(model):
+        for name, (module, base, rank, alpha, _) in specs.items():
+            if isinstance(module, AdapterLayer):
+                module.add_adapter(adapter_name, config, rank=rank, alpha=alpha, scaling=scalings[name])
+                layer = module
+            else:
+                layer = AdapterLayer(base, config, name, adapter_name, rank=rank, alpha=alpha, scaling=scalings[name])
+                if active is not None:  # the model's active adapter stays active (this layer runs its base weight)
+                    layer._set_trainable(adapter_name, False)
+                    layer._active_adapter = [active]
+                for path in paths[id(module)]:  # a module shared under several names is wrapped once, everywhere
+                    _install(model, path, layer)
+            tensors = layer.adapter_tensors(adapter_name)
+            n_params = sum(tensors[attr].numel() for attr in layer.adapter_layer_names if attr in tensors)
+            report.layers.append(AdaptedLayer(name, bases.label(base), tuple(base.weight.shape), rank, n_params,
+                                              scalings[name], 0.0))
+        layers = {name: model.get_submodule(name) for name in specs}
+        if not configs:
+            _freeze(model)
+        for name in saved:
+            model.get_submodule(name).requires_grad_(True)
+        zeros = warn_zero_weights(layers, config)
+        setattr(model, CONFIG_ATTR, {**configs, adapter_name: config})
+    abs_sum = sum(float(spec[4].weight.detach().abs().sum(dtype=torch.float64)) for spec in specs.values())
+    report.mean_abs_weight = abs_sum / sum(spec[4].weight.numel() for spec in specs.values())
+    for row in report.layers:
+        row.zero_fraction = zeros[row.name] / specs[row.name][1].weight.numel()
+    report.total = sum(numel(p) for p in model.parameters())
+    report.trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return model, report
 
 
 def warn_zero_weights(layers: dict[str, AdapterLayer], config: AdapterConfig, stacklevel: int = 2) -> dict[str, int]:
-    """Count the exactly-zero base weight entries per layer; warn (once, naming each layer) when a Lie
-    update cannot move them. Call it again after loading new base weights into adapted layers."""
+    """Count the exactly-zero base weight entries per layer; warn once (:class:`ZeroWeightWarning`, naming
+    each layer) when a Lie update cannot move them."""
     zeros = {name: int((layer.base_layer.weight == 0).sum()) for name, layer in layers.items()}
     notes = [f"layer '{name}': {z:,} of {layers[name].base_layer.weight.numel():,} "
              f"({z / layers[name].base_layer.weight.numel():.4%})" for name, z in zeros.items() if z]
-    if notes and config.method == "liera" and not config.zero_weight_fallback:
+    if notes and config.is_lie and not config.zero_weight_fallback:
         warnings.warn("weight entries that are exactly zero cannot move under a Lie (multiplicative) update: "
                       f"{'; '.join(notes)}. Set zero_weight_fallback=True to train them additively.",
-                      stacklevel=stacklevel + 1)
+                      ZeroWeightWarning, stacklevel=stacklevel + 1)
     return zeros
 
 
+def reset_adapters(model: nn.Module, adapter_name: str | None = None) -> dict[str, float]:
+    """(Re-)initialise adapters from the model's current base weights; call it after loading new weights.
+
+    PiSSA's factors, DoRA's magnitudes and weight-derived scales (``alpha="auto"`` …) are recomputed,
+    every adapter is the identity again, and exactly-zero weights are judged (:class:`ZeroWeightWarning`).
+    Returns ``layer name → alpha / rank`` of the reset adapter(s) (the last one for several).
+    """
+    layers = _require_adapters(model)
+    configs = adapter_configs(model)
+    names = [adapter_name] if adapter_name is not None else list(configs)
+    scalings: dict[str, float] = {}
+    for name in names:
+        if name not in configs:
+            raise ValueError(f"{type(model).__name__} has no adapter {name!r}; it has {list(configs)}")
+        own = {n: layer for n, layer in layers.items() if name in layer.settings}
+        with torch.no_grad():
+            scalings = resolve_scalings({
+                n: ScaleInput(layer._canonical(layer._weight_under(name)), bases.label(layer.base_layer),
+                              layer.settings[name].alpha, layer.settings[name].rank) for n, layer in own.items()})
+        tensors = [t for layer in own.values() for t in layer.adapter_tensors(name).values()]
+        with model_transaction(model, overwrite=tensors):
+            for n, layer in own.items():
+                layer.reset_adapter(name, scalings[n])
+        warn_zero_weights(own, configs[name])
+    return scalings
+
+
+# --- named adapters ------------------------------------------------------------------------------------
 def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:
     layers = adapter_layers(model)
     if not layers:
@@ -199,10 +373,73 @@ def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:
     return layers
 
 
-def merge_adapters(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight (reversible with :func:`unmerge_adapters`)."""
+def _require_name(model: nn.Module, adapter_name: str) -> AdapterConfig:
+    configs = adapter_configs(model)
+    if adapter_name not in configs:
+        raise ValueError(f"{type(model).__name__} has no adapter {adapter_name!r}; it has {list(configs)}")
+    return configs[adapter_name]
+
+
+def set_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Make ``adapter_name`` the active adapter of every layer; only it (and ``modules_to_save``) trains.
+
+    Layers without that adapter run their base weights.
+    """
+    config = _require_name(model, adapter_name)
     for layer in _require_adapters(model).values():
-        layer.merge()
+        if layer.merged:
+            layer.unmerge()
+        if adapter_name in layer.settings:
+            layer.set_adapter(adapter_name)
+        else:
+            for name in layer.settings:
+                layer._set_trainable(name, False)
+            layer._active_adapter = [adapter_name]
+    for name in _saved_module_names(model, config.modules_to_save):
+        model.get_submodule(name).requires_grad_(True)
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model computes with its base weights (merged adapters are unmerged)."""
+    layers = _require_adapters(model).values()
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove ``adapter_name``; layers left without adapters get their base layer back."""
+    _require_name(model, adapter_name)
+    layers = _require_adapters(model)
+    paths = bases.module_paths(model)
+    with model_transaction(model):
+        for layer in layers.values():
+            if adapter_name in layer.settings:
+                layer.delete_adapter(adapter_name)
+            if not layer.settings:
+                for path in paths[id(layer)]:
+                    _install(model, path, layer.base_layer)
+        configs = adapter_configs(model)
+        del configs[adapter_name]
+        if configs:
+            setattr(model, CONFIG_ATTR, configs)
+            if active_adapter(model) is None:
+                set_adapter(model, next(iter(configs)))
+        else:
+            model.__dict__.pop(CONFIG_ATTR, None)
+
+
+# --- merging -------------------------------------------------------------------------------------------
+def merge_adapters(model: nn.Module, safe_merge: bool = False) -> nn.Module:
+    """Fold the active adapter into the base weights (reversible with :func:`unmerge_adapters`)."""
+    for layer in _require_adapters(model).values():
+        if layer.active_adapter in layer.settings:
+            layer.merge(safe_merge=safe_merge)
     return model
 
 
@@ -213,22 +450,29 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
     return model
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Return ``model`` with plain ``nn.Conv2d`` / ``nn.Linear`` layers carrying the merged weights.
+def _unload(model: nn.Module, merge: bool) -> nn.Module:
+    layers = _require_adapters(model)
+    paths = bases.module_paths(model)
+    for layer in layers.values():
+        base = layer.unload(merge=merge and layer.active_adapter in layer.settings)
+        for path in paths[id(layer)]:
+            _install(model, path, base)
+    model.__dict__.pop(CONFIG_ATTR, None)
+    return model
+
+
+def merge_and_unload(model: nn.Module, safe_merge: bool = False) -> nn.Module:
+    """Return ``model`` with plain layers carrying the active adapter merged into their weights.
 
     Its ``state_dict`` loads strictly into the unadapted architecture.
     """
-    for name, layer in _require_adapters(model).items():
-        _set_submodule(model, name, layer.unload(merge=True))
-    if hasattr(model, CONFIG_ATTR):
-        delattr(model, CONFIG_ATTR)
-    return model
+    if safe_merge:
+        for layer in _require_adapters(model).values():
+            if layer.active_adapter in layer.settings and not torch.isfinite(layer.get_delta_weight()).all():
+                raise ValueError(f"{layer.label}: merging gives NaN / inf weights; the adapter is broken")
+    return _unload(model, merge=True)
 
 
 def unload_adapters(model: nn.Module) -> nn.Module:
     """Drop the adapters and give back the original base layers (no merge)."""
-    for name, layer in _require_adapters(model).items():
-        _set_submodule(model, name, layer.unload(merge=False))
-    if hasattr(model, CONFIG_ATTR):
-        delattr(model, CONFIG_ATTR)
-    return model
+    return _unload(model, merge=False)

@@ -1,7 +1,8 @@
 """Adapter-only safetensors files and parameter counting.
 
-An adapter file holds the adapter tensors (``<layer>.lora_A`` …), the tensors of
-``modules_to_save`` and, in its metadata, the ``AdapterConfig`` as JSON. Files are read with
+An adapter file holds one adapter's tensors (``<layer>.lora_A``, ``.lora_B``, ``.lora_magnitude``,
+``.lora_A_start``, ``.lora_B_start``, ``.lora_scaling``; no adapter name in the keys, as in PEFT), the
+tensors of ``modules_to_save`` and, in its metadata, the ``AdapterConfig`` as JSON. Files are read with
 safetensors only: no pickle, so a file from someone else cannot run code.
 """
 
@@ -16,41 +17,74 @@ from torch import nn
 
 from ..fileio import atomic_write
 from .config import AdapterConfig
-from .inject import _saved_module_names, adapter_layers, apply_adapters, get_adapter_config
+from .inject import (
+    _saved_module_names,
+    active_adapter,
+    adapter_configs,
+    adapter_layers,
+    apply_adapters,
+    model_transaction,
+    numel,
+)
+from .layers import LEGACY_NAMES
 
 FORMAT = "liera_vision.adapter"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 1: liera-vision 0.1.0 (dora_magnitude / pissa_A0 / pissa_B0, no lora_scaling)
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter parameters and buffers plus the full state of ``modules_to_save``."""
-    config = get_adapter_config(model)
-    if config is None:
+def _adapter_name(model: nn.Module, adapter_name: str | None) -> str:
+    configs = adapter_configs(model)
+    if not configs:
         raise ValueError(f"{type(model).__name__} has no adapters; call apply_adapters first")
+    if adapter_name is None:
+        adapter_name = active_adapter(model) or next(iter(configs))
+    if adapter_name not in configs:
+        raise ValueError(f"{type(model).__name__} has no adapter {adapter_name!r}; it has {list(configs)}")
+    return adapter_name
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one adapter (default: the active one) plus the full state of its ``modules_to_save``.
+
+    Keys carry no adapter name: ``<layer>.lora_A``, ``.lora_B``, ``.lora_magnitude``, ``.lora_A_start``,
+    ``.lora_B_start``, ``.lora_scaling`` and ``<module>.<key>`` for ``modules_to_save``.
+    """
+    adapter_name = _adapter_name(model, adapter_name)
+    config = adapter_configs(model)[adapter_name]
     state = {}
     for name, layer in adapter_layers(model).items():
-        for key, tensor in layer.state_dict(keep_vars=False).items():
-            if not key.startswith("base_layer."):
-                state[f"{name}.{key}"] = tensor
+        if adapter_name in layer.settings:
+            for attr, tensor in layer.adapter_tensors(adapter_name).items():
+                state[f"{name}.{attr}"] = tensor
     for name in _saved_module_names(model, config.modules_to_save):
-        for key, tensor in model.get_submodule(name).state_dict().items():
+        for key, tensor in model.get_submodule(name).state_dict(keep_vars=True).items():
             state[f"{name}.{key}"] = tensor
     return state
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write the adapter of ``model`` to a safetensors file (atomically) and return its path."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | None = None) -> Path:
+    """Write one adapter of ``model`` (default: the active one) to a safetensors file, atomically.
+
+    The metadata holds the ``AdapterConfig`` (JSON) and the format version; each layer's resolved
+    ``alpha / rank`` is saved as ``<layer>.lora_scaling``, so loading reproduces the model exactly.
+    """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    config = get_adapter_config(model)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter_config": config.to_json()}
+    adapter_name = _adapter_name(model, adapter_name)
+    config = adapter_configs(model)[adapter_name]
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter_config": config.to_json(),
+                "adapter_name": adapter_name}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_adapter_file(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
-    """Config and tensors of an adapter file; ``ValueError`` naming the file when it is not one."""
+    """Config and tensors of an adapter file (0.1.0 files: names mapped to today's).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a safetensors adapter file, or invalid config metadata (naming the file).
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -66,11 +100,22 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str,
     if metadata.get("format") != FORMAT or "adapter_config" not in metadata:
         raise ValueError(f"{path}: safetensors file without liera_vision adapter metadata "
                          f"(expected metadata format={FORMAT!r} and an 'adapter_config' entry)")
+    version = metadata.get("format_version")
+    if version not in ("1", FORMAT_VERSION):
+        raise ValueError(f"{path}: adapter file format version {version!r}; this liera-vision reads 1 and "
+                         f"{FORMAT_VERSION} (upgrade liera-vision)")
     try:
         config = AdapterConfig.from_json(metadata["adapter_config"])
     except ValueError as err:
         raise ValueError(f"{path}: invalid 'adapter_config' metadata: {err}") from err
+    if version == "1":
+        tensors = {_legacy_key(k): v for k, v in tensors.items()}
     return config, tensors
+
+
+def _legacy_key(key: str) -> str:
+    module, _, leaf = key.rpartition(".")
+    return f"{module}.{LEGACY_NAMES[leaf]}" if leaf in LEGACY_NAMES else key
 
 
 @dataclass
@@ -79,34 +124,45 @@ class LoadResult:
     unexpected_keys: list[str] = field(default_factory=list)
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
-    """Load an adapter file into ``model``.
+def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                 adapter_name: str = "default") -> LoadResult:
+    """Load an adapter file into ``model`` as ``adapter_name``.
 
-    A plain model gets adapters applied first with the file's config; a model that already has
-    adapters must have been adapted with the same config. Shapes are checked per key; with
-    ``strict`` missing or unexpected keys raise ``ValueError`` naming them.
+    A model without that adapter gets it applied first with the file's config; one that has it
+    must have been adapted with the same config. Shapes are checked per key before anything is
+    copied; with ``strict`` missing or unexpected keys raise. On any error the model is exactly as
+    it was (modules, parameters, ``requires_grad``, training flags, adapters).
+
+    Raises:
+        ValueError: naming the file and the keys / fields / shapes at fault.
     """
     config, tensors = read_adapter_file(path)
-    current = get_adapter_config(model)
-    if current is None:
-        apply_adapters(model, config)
-    elif current.to_dict() != config.to_dict():
-        diff = {k: (v, config.to_dict()[k]) for k, v in current.to_dict().items() if config.to_dict()[k] != v}
-        raise ValueError(f"{path}: adapter config differs from the model's (field: (model, file)): {diff}")
-    if any(layer.merged for layer in adapter_layers(model).values()):
-        raise ValueError(f"cannot load {path} into a merged model; call unmerge_adapters(model) first")
-    expected = adapter_state_dict(model)
-    result = LoadResult(missing_keys=sorted(set(expected) - set(tensors)),
-                        unexpected_keys=sorted(set(tensors) - set(expected)))
-    for key in sorted(set(expected) & set(tensors)):
-        if expected[key].shape != tensors[key].shape:
-            raise ValueError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, "
-                             f"the model expects {tuple(expected[key].shape)}")
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise ValueError(f"{path}: missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
-    with torch.no_grad():
+    with model_transaction(model):
+        current = adapter_configs(model).get(adapter_name)
+        if current is None:
+            apply_adapters(model, config, adapter_name)
+        elif current.to_dict() != config.to_dict():
+            old, new = current.to_dict(), config.to_dict()
+            diff = {k: (v, new[k]) for k, v in old.items() if new[k] != v}
+            raise ValueError(f"{path}: adapter config differs from the model's adapter {adapter_name!r} "
+                             f"(field: (model, file)): {diff}")
+        if any(adapter_name in layer.merged_adapters for layer in adapter_layers(model).values()):
+            raise ValueError(f"cannot load {path} into a merged model; call unmerge_adapters(model) first")
+        expected = adapter_state_dict(model, adapter_name)
+        # 0.1.0 files kept alpha / rank in the config only: the scale just applied from it stands
+        optional = {k for k in expected if k.endswith(".lora_scaling")} if not any(
+            k.endswith(".lora_scaling") for k in tensors) else set()
+        result = LoadResult(missing_keys=sorted(set(expected) - set(tensors) - optional),
+                            unexpected_keys=sorted(set(tensors) - set(expected)))
         for key in sorted(set(expected) & set(tensors)):
-            expected[key].copy_(tensors[key])
+            if expected[key].shape != tensors[key].shape:
+                raise ValueError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, "
+                                 f"the model expects {tuple(expected[key].shape)}")
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise ValueError(f"{path}: missing keys {result.missing_keys}, unexpected keys {result.unexpected_keys}")
+        with torch.no_grad():
+            for key in sorted(set(expected) & set(tensors)):
+                expected[key].copy_(tensors[key])
     return result
 
 
@@ -134,7 +190,7 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     for name, module in model.named_modules():
         params = list(module.parameters(recurse=False))
         if params:
-            per_layer.append((name or "<root>", sum(p.numel() for p in params if p.requires_grad),
-                              sum(p.numel() for p in params)))
+            per_layer.append((name or "<root>", sum(numel(p) for p in params if p.requires_grad),
+                              sum(numel(p) for p in params)))
     return ParameterCount(trainable=sum(t for _, t, _ in per_layer), total=sum(n for _, _, n in per_layer),
                           per_layer=per_layer)

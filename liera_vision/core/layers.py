@@ -1,155 +1,427 @@
-"""The wrapper around a frozen ``nn.Conv2d`` / ``nn.Linear``.
+"""``AdapterLayer``: the wrapper around a frozen layer, holding named adapters as PEFT's tuner layers do.
 
-One class serves every method: a method is a pair (delta generator, composition rule),
-optionally followed by DoRA's renormalisation. The wrapped module stays untouched as
-``base_layer`` (its geometry — stride, padding, padding mode, dilation, groups, bias — is used
-as is), so ``merge_and_unload`` can hand it back.
+One class serves every method: an adapter is a point on the three axes of :class:`AdapterConfig`
+(initialisation, composition, post-step), looked up in their registries. The wrapped module stays
+untouched as ``base_layer`` (its geometry — stride, padding, padding mode, dilation, groups, bias —
+is used as is), so ``merge_and_unload`` can hand it back.
+
+Per adapter name (PEFT's layout; ``lora_A["default"]`` …):
+
+=================  ==========  =========================================================
+attribute          kind        what
+=================  ==========  =========================================================
+``lora_A``         parameter   ``(inner, cols)`` factor
+``lora_B``         parameter   ``(rows, inner)`` factor
+``lora_magnitude`` parameter   DoRA's per-output-channel magnitude ``(C_out,)``
+``lora_A_start``   buffer      frozen starting factors of relative inits (PiSSA), ``ΔW ∝ BA − B₀A₀``
+``lora_B_start``   buffer
+``lora_scaling``   buffer      the resolved ``alpha / rank`` (0-d), saved with every artefact
+=================  ==========  =========================================================
+
+One adapter is active at a time (``set_adapter``); ``enable_adapters(False)`` runs the base layer.
+``merge`` folds the active adapter into ``base_layer.weight`` and caches the weight it replaced, so
+``unmerge`` is exact (no division by ``1 + ΔW``). ``weight`` is the effective (adapted) weight,
+``bias`` the base bias, and other attributes are read from ``base_layer``: parents that read a
+child's tensors (``nn.MultiheadAttention.out_proj``) see the adapted layer.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .compose import channel_norm, composed_weight, dora_rescale
+from ..errors import LieraWarning
+from . import bases
+from .compose import POST_STEPS, composed_weight
 from .config import AdapterConfig
-from .delta import adapter_dtype, factor_shape, init_lora_, init_pissa_, rank_dropout_mask
+from .delta import INITS, FactorShape, adapter_dtype, factor_shape, rank_dropout_mask
+from .scale import ScaleInput, resolve_scalings
+
+# 0.1.0 names of the tensors of the (single, unnamed) adapter -> today's attribute
+LEGACY_NAMES = {"lora_A": "lora_A", "lora_B": "lora_B", "dora_magnitude": "lora_magnitude",
+                "pissa_A0": "lora_A_start", "pissa_B0": "lora_B_start"}
+
+
+class BufferDict(nn.Module):
+    """Buffers keyed by adapter name (torch has ``ParameterDict`` but no buffer counterpart)."""
+
+    def __init__(self, persistent: bool = True) -> None:
+        super().__init__()
+        self.persistent = persistent
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._buffers[key]
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        self.register_buffer(key, value, persistent=self.persistent)
+
+    def __delitem__(self, key: str) -> None:
+        del self._buffers[key]
+        self._non_persistent_buffers_set.discard(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._buffers
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def __iter__(self):
+        return iter(self._buffers)
+
+    def get(self, key: str, default=None):
+        return self._buffers.get(key, default)
+
+    def keys(self):
+        return self._buffers.keys()
+
+    def items(self):
+        return self._buffers.items()
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """The per-layer resolution of one adapter's config."""
+
+    config: AdapterConfig
+    rank: int
+    alpha: float | str
+    factors: FactorShape
 
 
 class AdapterLayer(nn.Module):
-    """``base_layer`` with weight ``W'`` = compose(W, ΔW) [→ DoRA], ``ΔW`` low-rank.
+    """``base_layer`` with weight ``W'`` = post(compose(W, ΔW)), ``ΔW = scaling · reshape(B @ A [− B₀A₀])``.
 
-    Parameters (trainable): ``lora_A``, ``lora_B`` and, for DoRA, ``dora_magnitude``.
-    Buffers (saved with the adapter): ``pissa_A0``, ``pissa_B0`` for PiSSA.
+    Args:
+        base_layer: an ``nn.Linear``, ``nn.Conv1d/2d/3d`` or transformers ``Conv1D`` (frozen by
+            :func:`~liera_vision.core.apply_adapters`, not here).
+        config: the first adapter's config (``None``: add adapters later with :meth:`add_adapter`).
+        name: the layer's name in its model (for messages).
+        adapter_name: name of the first adapter.
+        rank, alpha: per-layer overrides of ``config.rank`` / ``config.alpha`` (rank_pattern / alpha_pattern).
+        scaling: the resolved ``alpha / rank``; ``None`` resolves it from this layer alone.
+
+    Raises:
+        ValueError: unsupported layer, a rank above the weight's rank, an invalid adapter name.
     """
 
-    def __init__(self, base_layer: nn.Module, config: AdapterConfig, name: str = "") -> None:
+    adapter_layer_names = ("lora_A", "lora_B", "lora_magnitude")  # trainable, per adapter (PEFT's names)
+    other_param_names = ("lora_A_start", "lora_B_start", "lora_scaling", "settings")
+    tensor_names = ("lora_A", "lora_B", "lora_magnitude", "lora_A_start", "lora_B_start", "lora_scaling")
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig | None = None, name: str = "",
+                 adapter_name: str = "default", *, rank: int | None = None, alpha: float | str | None = None,
+                 scaling: float | None = None) -> None:
         super().__init__()
         if isinstance(base_layer, AdapterLayer):
-            raise ValueError(f"layer '{name}' is already adapted; applying adapters twice to one layer "
-                             "is not supported (merge_and_unload first)")
-        shape = factor_shape(base_layer, config.rank, config.factorization, name)
-        self.base_layer = base_layer.requires_grad_(False)  # W is frozen; only the adapter learns
+            raise ValueError(f"layer '{name}' is already adapted; add a second adapter with add_adapter() or "
+                             "merge_and_unload first")
+        kind = bases.base_kind(base_layer)
+        if kind is None:
+            raise ValueError(f"layer '{name}': unsupported type {type(base_layer).__name__}; adapters wrap "
+                             f"{bases.SUPPORTED}")
+        self.base_layer = base_layer
+        self.kind = kind
         self.layer_name = name
-        self.factors = shape
-        self.scaling = config.scaling
-        self.dropout = float(config.dropout)
-        self.mode = "additive" if config.method == "lora" else config.composition
-        self.zero_fallback = config.zero_weight_fallback
-        self.variant = config.variant
-        self.merged = False
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.lora_magnitude = nn.ParameterDict()
+        self.lora_A_start = BufferDict()
+        self.lora_B_start = BufferDict()
+        self.lora_scaling = BufferDict()
+        self._unmerged = BufferDict(persistent=False)  # weight under each merged adapter: exact unmerge
+        self.settings: dict[str, AdapterSettings] = {}
+        self._active_adapter: list[str] = []
+        self.merged_adapters: list[str] = []
+        self._disable_adapters = False
+        if config is not None:
+            self.add_adapter(adapter_name, config, rank=rank, alpha=alpha, scaling=scaling)
 
-        weight = base_layer.weight
+    # --- the base weight in canonical layout (out, in/groups, *kernel) -------------------------------
+    def _canonical(self, weight: torch.Tensor) -> torch.Tensor:
+        return bases.to_canonical(self.kind, weight)
+
+    @property
+    def label(self) -> str:
+        return f"layer '{self.layer_name}'" if self.layer_name else type(self.base_layer).__name__
+
+    # --- named adapters -----------------------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, config: AdapterConfig, *, rank: int | None = None,
+                    alpha: float | str | None = None, scaling: float | None = None) -> None:
+        """Add adapter ``adapter_name`` (initialised to the identity). It becomes active if none is."""
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+            raise ValueError(f"adapter name must be a non-empty string without '.', got {adapter_name!r}")
+        if adapter_name in self.settings:
+            raise ValueError(f"{self.label} already has an adapter named {adapter_name!r}")
+        rank = config.rank if rank is None else rank
+        alpha = config.alpha if alpha is None else alpha
+        weight = self._canonical(self.base_layer.weight)
+        shape = factor_shape(tuple(weight.shape), bases.groups_of(self.base_layer), rank, config.factorization,
+                             self.label)
+        if scaling is None:
+            scaling = resolve_scalings({adapter_name: ScaleInput(weight, bases.label(self.base_layer), alpha, rank)})[
+                adapter_name]
         factory = dict(device=weight.device, dtype=adapter_dtype(weight))
-        self.lora_A = nn.Parameter(torch.empty(shape.inner, shape.cols, **factory))
-        self.lora_B = nn.Parameter(torch.empty(shape.rows, shape.inner, **factory))
-        if config.variant == "pissa":
-            self.register_buffer("pissa_A0", torch.empty_like(self.lora_A.detach()))
-            self.register_buffer("pissa_B0", torch.empty_like(self.lora_B.detach()))
+        self.lora_A[adapter_name] = nn.Parameter(torch.empty(shape.inner, shape.cols, **factory))
+        self.lora_B[adapter_name] = nn.Parameter(torch.empty(shape.rows, shape.inner, **factory))
+        if INITS[config.init].relative:
+            self.lora_A_start[adapter_name] = torch.empty(shape.inner, shape.cols, **factory)
+            self.lora_B_start[adapter_name] = torch.empty(shape.rows, shape.inner, **factory)
+        if config.post is not None:
+            self.lora_magnitude[adapter_name] = nn.Parameter(torch.empty(weight.shape[0], **factory))
+        self.lora_scaling[adapter_name] = torch.tensor(float(scaling), **factory)
+        self.settings[adapter_name] = AdapterSettings(config, rank, alpha, shape)
+        self.reset_adapter(adapter_name)
+        if not self._active_adapter:
+            self.set_adapter(adapter_name)
         else:
-            self.pissa_A0 = self.pissa_B0 = None
-        magnitude = config.variant == "dora"
-        self.dora_magnitude = nn.Parameter(torch.empty(weight.shape[0], **factory)) if magnitude else None
-        self.reset_parameters()
+            self._set_trainable(adapter_name, False)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """(Re-)initialise the adapter from the current base weight: identity again.
+    def reset_adapter(self, adapter_name: str, scaling: float | None = None) -> None:
+        """(Re-)initialise ``adapter_name`` from the current base weight: identity again.
 
-        Call it after loading new base weights into an adapted model: PiSSA's factors and DoRA's
-        magnitude depend on W.
+        Call it after loading new base weights (PiSSA's factors and DoRA's magnitude depend on W);
+        :func:`~liera_vision.core.reset_adapters` does it for a whole model and also recomputes
+        weight-derived scales (``scaling``; ``None`` keeps the current one).
         """
-        if self.merged:
-            raise ValueError(f"layer '{self.layer_name}': unmerge before reset_parameters()")
-        weight = self.base_layer.weight.detach()
-        if self.pissa_A0 is not None:
-            init_pissa_(self.lora_A, self.lora_B, weight.reshape(self.factors.rows, self.factors.cols), self.scaling)
-            self.pissa_A0.copy_(self.lora_A)
-            self.pissa_B0.copy_(self.lora_B)
-        else:
-            init_lora_(self.lora_A, self.lora_B)
-        if self.dora_magnitude is not None:
-            self.dora_magnitude.copy_(channel_norm(weight.to(self.dora_magnitude.dtype)))
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"{self.label}: unmerge before resetting adapter {adapter_name!r}")
+        settings = self.settings[adapter_name]
+        if scaling is not None:
+            self.lora_scaling[adapter_name].fill_(float(scaling))
+        weight = self._canonical(self.base_layer.weight.detach())
+        A, B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        INITS[settings.config.init].init_(A, B, weight.reshape(settings.factors.rows, settings.factors.cols),
+                                          float(self.lora_scaling[adapter_name]))
+        if adapter_name in self.lora_A_start:
+            self.lora_A_start[adapter_name].copy_(A)
+            self.lora_B_start[adapter_name].copy_(B)
+        if adapter_name in self.lora_magnitude:
+            magnitude = self.lora_magnitude[adapter_name]
+            magnitude.copy_(POST_STEPS[settings.config.post].init_magnitude(weight.to(magnitude.dtype)))
 
-    # --- the weight ------------------------------------------------------------------------
-    def delta(self) -> torch.Tensor:
-        """ΔW (weight-shaped, the Lie-algebra element for LieRA), without dropout."""
+    def reset_parameters(self) -> None:
+        """Re-initialise every adapter from the current base weight (scales unchanged)."""
+        for adapter_name in self.settings:
+            self.reset_adapter(adapter_name)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active_adapter)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active_adapter[0] if self._active_adapter else None
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def _require(self, adapter_name: str) -> None:
+        if adapter_name not in self.settings:
+            raise ValueError(f"{self.label} has no adapter {adapter_name!r}; it has {list(self.settings)}")
+
+    def adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The parameters and buffers of ``adapter_name`` by attribute (``lora_A``, …, ``lora_scaling``)."""
+        return {attr: getattr(self, attr)[adapter_name] for attr in self.tensor_names
+                if adapter_name in getattr(self, attr)}
+
+    def _set_trainable(self, adapter_name: str, trainable: bool) -> None:
+        for attr in self.adapter_layer_names:
+            params = getattr(self, attr)
+            if adapter_name in params:
+                params[adapter_name].requires_grad_(trainable)
+
+    def set_adapter(self, adapter_names: str | list[str]) -> None:
+        """Make ``adapter_names`` (one name, or a list of one) the active adapter; only it trains."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(names) != 1:
+            raise ValueError(f"{self.label}: exactly one adapter can be active (got {names}); compositions of Lie "
+                             "updates do not add up like LoRA's, so combine adapters by merging them one by one")
+        self._require(names[0])
+        for name in self.settings:
+            self._set_trainable(name, name == names[0])
+        self._active_adapter = names
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """``False``: run the base layer as it was (merged adapters are unmerged); ``True``: the active adapter."""
+        if enabled:
+            if self._active_adapter:
+                self.set_adapter(self._active_adapter)
+            self._disable_adapters = False
+            return
+        if self.merged:
+            self.unmerge()
+        for name in self.settings:
+            self._set_trainable(name, False)
+        self._disable_adapters = True
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove ``adapter_name``; if it was active, the first remaining adapter (if any) becomes active."""
+        self._require(adapter_name)
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"{self.label}: adapter {adapter_name!r} is merged; unmerge before deleting it")
+        for attr in self.adapter_layer_names + self.other_param_names:
+            container = getattr(self, attr)
+            if adapter_name in container:
+                del container[adapter_name]
+        if self._active_adapter == [adapter_name]:
+            self._active_adapter = []
+            if self.settings:
+                self.set_adapter(next(iter(self.settings)))
+
+    # --- the weight ----------------------------------------------------------------------------------
+    def _weight_under(self, adapter_name: str) -> torch.Tensor:
+        """The base weight ``adapter_name`` composes with (the cached one once it is merged)."""
+        return self._unmerged[adapter_name] if adapter_name in self.merged_adapters else self.base_layer.weight
+
+    def _factors(self, adapter_name: str, dropout: bool):
+        B, A = self.lora_B[adapter_name], self.lora_A[adapter_name]
+        B0 = self.lora_B_start.get(adapter_name)
+        A0 = self.lora_A_start[adapter_name] if B0 is not None else None
+        p = self.settings[adapter_name].config.dropout
+        if dropout and p > 0:
+            mask = rank_dropout_mask(B.shape[1], p, B)
+            B = B * mask
+            B0 = B0 * mask if B0 is not None else None
+        return B, A, B0, A0
+
+    def delta(self, adapter_name: str | None = None) -> torch.Tensor:
+        """ΔW, the Lie-algebra element for LieRA (base weight's shape, no dropout, no grad); independent of merging."""
+        adapter_name = self._name(adapter_name)
         with torch.no_grad():
-            d = self.lora_B @ self.lora_A
-            if self.pissa_B0 is not None:
-                d = d - self.pissa_B0 @ self.pissa_A0
-            return (d * self.scaling).view(self.base_layer.weight.shape)
+            B, A, B0, A0 = self._factors(adapter_name, dropout=False)
+            d = B @ A if B0 is None else B @ A - B0 @ A0
+            canonical = (d * self.lora_scaling[adapter_name]).view(self._canonical(self.base_layer.weight).shape)
+            return bases.from_canonical(self.kind, canonical)
 
-    def effective_weight(self, dropout: bool = False) -> torch.Tensor:
-        """W' in the base weight's dtype; differentiable w.r.t. the adapter parameters."""
-        weight = self.base_layer.weight
-        if self.merged:
-            return weight
-        B, B0 = self.lora_B, self.pissa_B0
+    def effective_weight(self, adapter_name: str | None = None, dropout: bool = False) -> torch.Tensor:
+        """``W'`` of ``adapter_name`` (default: the active one) in the base weight's layout and dtype.
+
+        Differentiable w.r.t. the adapter's parameters (and W if it trains). Computed on the weight
+        the adapter composes with, also after it was merged.
+        """
+        adapter_name = self._name(adapter_name)
+        settings = self.settings[adapter_name]
+        weight = self._weight_under(adapter_name)
+        B, A, B0, A0 = self._factors(adapter_name, dropout)
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            if dropout and self.dropout > 0:
-                mask = rank_dropout_mask(self.factors.inner, self.dropout, B)
-                B = B * mask
-                B0 = B0 * mask if B0 is not None else None
-            w = composed_weight(weight, B, self.lora_A, B0=B0, A0=self.pissa_A0, scaling=self.scaling,
-                                mode=self.mode, zero_fallback=self.zero_fallback)
-            if self.dora_magnitude is not None:
-                w = dora_rescale(w, self.dora_magnitude)
-        return w.to(weight.dtype)
+            w = composed_weight(self._canonical(weight), B, A, B0=B0, A0=A0, scaling=self.lora_scaling[adapter_name],
+                                composition=settings.config.composition,
+                                zero_fallback=settings.config.zero_weight_fallback)
+            if settings.config.post is not None:
+                w = POST_STEPS[settings.config.post].apply(w, self.lora_magnitude[adapter_name])
+        return bases.from_canonical(self.kind, w).to(weight.dtype)
 
-    def get_delta_weight(self) -> torch.Tensor:
-        """The additive equivalent ``W' − W`` (what merging adds to the base weight)."""
+    def get_delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
+        """The additive equivalent ``W' − W`` of ``adapter_name`` (what merging adds); independent of merging."""
+        adapter_name = self._name(adapter_name)
         with torch.no_grad():
-            return self.effective_weight() - self.base_layer.weight
+            return self.effective_weight(adapter_name) - self._weight_under(adapter_name)
+
+    def _name(self, adapter_name: str | None) -> str:
+        if adapter_name is None:
+            if not self._active_adapter:
+                raise ValueError(f"{self.label} has no active adapter")
+            return self._active_adapter[0]
+        self._require(adapter_name)
+        return adapter_name
+
+    def _runs_adapter(self) -> bool:
+        active = self.active_adapter
+        return active in self.settings and not self._disable_adapters and active not in self.merged_adapters
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the layer computes with: ``W'`` of the active adapter (differentiable), else the base weight."""
+        return self.effective_weight() if self._runs_adapter() else self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base_layer")
+            if base is None or name.startswith("_") or name in ("weight", "bias"):
+                raise
+            return getattr(base, name)  # in_features, kernel_size, stride … of the wrapped layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
+        if not self._runs_adapter():
             return self.base_layer(x)
-        weight = self.effective_weight(dropout=self.training)
-        base = self.base_layer
-        if type(base).forward is nn.Conv2d.forward:
-            return base._conv_forward(x, weight, base.bias)
-        if type(base).forward is nn.Linear.forward:
-            return F.linear(x, weight, base.bias)
-        # subclasses with their own forward (timm's Conv2dSame, StdConv2d …) run it with W' swapped in
-        return torch.func.functional_call(base, {"weight": weight}, (x,))
+        return bases.forward_with(self.base_layer, x, self.effective_weight(dropout=self.training))
 
-    # --- merging ---------------------------------------------------------------------------
+    # --- merging --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self) -> None:
-        """Write W' into ``base_layer.weight``; the original is cached, so ``unmerge`` is exact."""
-        if self.merged:
-            warnings.warn(f"layer '{self.layer_name}' is already merged; nothing to do", stacklevel=2)
-            return
-        merged = self.effective_weight()
-        self.register_buffer("_unmerged_weight", self.base_layer.weight.detach().clone(), persistent=False)
-        self.base_layer.weight.copy_(merged)
-        self.merged = True
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Write ``W'`` of ``adapter_names`` (default: the active adapter) into ``base_layer.weight``, in order.
+
+        The replaced weight is cached, so :meth:`unmerge` restores it exactly. ``safe_merge`` checks
+        the merged weight for NaN / inf first.
+        """
+        for name in adapter_names if adapter_names is not None else self.active_adapters:
+            self._require(name)
+            if name in self.merged_adapters:
+                warnings.warn(f"{self.label}: adapter {name!r} is already merged; nothing to do", LieraWarning,
+                              stacklevel=2)
+                continue
+            merged = self.effective_weight(name)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"{self.label}: merging adapter {name!r} gives NaN / inf weights (a broken adapter)")
+            self._unmerged[name] = self.base_layer.weight.detach().clone()
+            self.base_layer.weight.copy_(merged)
+            self.merged_adapters.append(name)
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn(f"layer '{self.layer_name}' is not merged; nothing to do", stacklevel=2)
+        """Restore the base weight exactly, undoing every merge (last first)."""
+        if not self.merged_adapters:
+            warnings.warn(f"{self.label} is not merged; nothing to do", LieraWarning, stacklevel=2)
             return
-        self.base_layer.weight.copy_(self._unmerged_weight)
-        del self._unmerged_weight
-        self.merged = False
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            self.base_layer.weight.copy_(self._unmerged[name])
+            del self._unmerged[name]
 
     @torch.no_grad()
     def unload(self, merge: bool = True) -> nn.Module:
-        """The base layer, with W' folded in when ``merge`` (otherwise with the original W)."""
-        if merge and not self.merged:
+        """The base layer, with the active adapter folded in when ``merge`` (otherwise with the original W)."""
+        if merge and self._active_adapter and self._active_adapter[0] not in self.merged_adapters:
             self.merge()
         if not merge and self.merged:
             self.unmerge()
-        self.__dict__["_buffers"].pop("_unmerged_weight", None)
-        self.merged = False
+        for name in list(self._unmerged):
+            del self._unmerged[name]
+        self.merged_adapters = []
         return self.base_layer
 
+    # --- 0.1.0 state dicts ------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        legacy = [old for old in LEGACY_NAMES if prefix + old in state_dict]
+        if legacy and len(self.settings) == 1:  # 0.1.0 held one unnamed adapter: it is this layer's only one
+            name = next(iter(self.settings))
+            for old in legacy:
+                state_dict[f"{prefix}{LEGACY_NAMES[old]}.{name}"] = state_dict.pop(prefix + old)
+            # 0.1.0 kept alpha / rank in the config only; the layer's value came from that same config
+            state_dict.setdefault(f"{prefix}lora_scaling.{name}", self.lora_scaling[name].detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
-        variant = f"{self.variant}+" if self.variant else ""
-        return (f"{variant}{self.mode}, rank_inner={self.factors.inner}, B={self.factors.rows}x{self.factors.inner}, "
-                f"A={self.factors.inner}x{self.factors.cols}, scaling={self.scaling:g}, merged={self.merged}")
+        rows = []
+        for name, s in self.settings.items():
+            flags = [f for f, on in (("active", name in self._active_adapter), ("merged", name in self.merged_adapters))
+                     if on]
+            rows.append(f"{name}: {s.config.name.rsplit('-r', 1)[0]} r={s.rank} B={s.factors.rows}x{s.factors.inner} "
+                        f"A={s.factors.inner}x{s.factors.cols} scaling={float(self.lora_scaling[name]):.4g}"
+                        + (f" ({', '.join(flags)})" if flags else ""))
+        return "; ".join(rows) + (" [disabled]" if self._disable_adapters else "")

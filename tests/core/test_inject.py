@@ -21,6 +21,7 @@ from liera_vision.core import (
     unload_adapters,
     unmerge_adapters,
 )
+from liera_vision.errors import ZeroWeightWarning
 from tests.core.reference import randomize_
 
 
@@ -60,7 +61,8 @@ def test_regex_matches_dotted_suffix_and_exclude():
 def test_freezes_everything_but_adapters_and_modules_to_save():
     model, report = apply_adapters(small_net(), AdapterConfig(rank=2, modules_to_save=["6", "1"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"0.lora_A", "0.lora_B", "2.lora_A", "2.lora_B", "6.weight", "6.bias", "1.weight", "1.bias"}
+    assert trainable == {"0.lora_A.default", "0.lora_B.default", "2.lora_A.default", "2.lora_B.default",
+                         "6.weight", "6.bias", "1.weight", "1.bias"}
     assert report.trainable == sum(model.get_parameter(n).numel() for n in trainable)
     assert report.modules_to_save == ["6", "1"]
 
@@ -73,7 +75,7 @@ def test_modules_to_save_are_never_adapted():
 @pytest.mark.parametrize("config, message", [
     (AdapterConfig(targets=["1"]), r"layer '1' .* BatchNorm2d"),
     (AdapterConfig(rank=9, targets=["3"]), r"layer '3': rank 9 exceeds .* \(8\)"),
-    (AdapterConfig(targets=["nope"]), r"matched no nn.Conv2d / nn.Linear"),
+    (AdapterConfig(targets=["nope"]), r"matched no adaptable layer"),
     (AdapterConfig(modules_to_save=["nohead"]), r"modules_to_save pattern 'nohead'"),
 ])
 def test_invalid_selections_raise_naming_the_layer(config, message):
@@ -96,18 +98,25 @@ def test_applying_twice_raises():
     with pytest.raises(ValueError, match=r"already"):
         apply_adapters(model, AdapterConfig(rank=1))
     layer = model[0]
-    with pytest.raises(ValueError, match=r"layer 'x' is already adapted"):
+    with pytest.raises(ValueError, match=r"layer 'x' is already adapted; add a second adapter with add_adapter"):
         AdapterLayer(layer, AdapterConfig(rank=1), name="x")
 
 
 def test_invalid_config_values():
     for kwargs, message in [
         (dict(method="ia3"), "method"), (dict(variant="vera"), "variant"), (dict(rank=0), "rank"),
-        (dict(method="lora", composition="exp"), "composition"), (dict(composition="cayley"), "composition"),
-        (dict(factorization="tucker"), "factorization"), (dict(targets="convs"), "targets"),
-        (dict(dropout=1.0), "dropout"), (dict(alpha=-1), "alpha"),
+        (dict(method="lora", composition="exp"), "method='lora' contradicts composition='exp'"),
+        (dict(composition="cayley"), "composition"), (dict(init="gaussian"), "init"), (dict(post="vera"), "post"),
+        (dict(variant="dora", post=None, init="pissa"), None), (dict(factorization="tucker"), "factorization"),
+        (dict(targets="convs"), "targets"), (dict(targets=["("]), "not a valid regex"),
+        (dict(dropout=1.0), "dropout"), (dict(alpha=-1), "alpha"), (dict(alpha="often"), "alpha"),
+        (dict(composition="additive", alpha="auto"), "suits Lie compositions only"),
+        (dict(rank_pattern={"dw": 0}), r"rank_pattern\['dw'\]"), (dict(alpha_pattern={"dw": "x"}), "alpha_pattern"),
         (dict(method="lora", zero_weight_fallback=True), "zero_weight_fallback"),
     ]:
+        if message is None:  # a valid combination
+            AdapterConfig(**kwargs)
+            continue
         with pytest.raises(ValueError, match=message):
             AdapterConfig(**kwargs)
     with pytest.raises(ValueError, match=r"unknown AdapterConfig key\(s\) \['rnak'\]"):
@@ -117,20 +126,28 @@ def test_invalid_config_values():
 def test_config_round_trips():
     cfg = AdapterConfig(method="liera", variant="dora", rank=4, alpha=2.0, dropout=0.1, composition="exp",
                         factorization="flat", targets=[r"conv_dw"], exclude=["x"], modules_to_save=["head"],
-                        zero_weight_fallback=True)
+                        rank_pattern={"stem": 2}, alpha_pattern={"stem": "auto-layer"}, zero_weight_fallback=True)
     assert AdapterConfig.from_dict(cfg.to_dict()) == cfg
     assert AdapterConfig.from_json(cfg.to_json()) == cfg
     assert AdapterConfig.from_yaml(cfg.to_yaml()) == cfg
     assert cfg.name == "dora+liera-exp-r4" and cfg.scaling == 0.5
+    assert (cfg.post, cfg.init, cfg.method, cfg.variant) == ("dora", "lora", None, None)  # aliases resolved
+    assert "method" not in cfg.to_dict() and cfg.to_dict()["version"] == 2
     assert AdapterConfig(method="lora").composition == "additive"
+    assert AdapterConfig(method="lora", rank=4).alpha == 4.0  # LoRA's alpha defaults to the rank (scale 1)
+    assert AdapterConfig().alpha == "auto" and AdapterConfig().scaling is None  # Lie: set by the weights
+    both = AdapterConfig(init="pissa", post="dora", composition="exp", rank=16)
+    assert both.name == "pissa+dora+liera-exp-r16"
+    assert AdapterConfig(variant="pissa").name == "pissa+liera-taylor-r8"
 
 
 def test_warns_on_zero_weight_entries_with_layer_name_and_fraction():
     model = small_net()
     with torch.no_grad():
         model[2].weight[:2] = 0.0  # 2 of 8 channels: 25%
-    with pytest.warns(UserWarning, match=re.escape("exactly zero cannot move under a Lie (multiplicative) update: "
-                                                   "layer '2': 98 of 392 (25.0000%). Set zero_weight_fallback=True")):
+    message = ("exactly zero cannot move under a Lie (multiplicative) update: layer '2': 98 of 392 (25.0000%). "
+               "Set zero_weight_fallback=True")
+    with pytest.warns(ZeroWeightWarning, match=re.escape(message)):
         _, report = apply_adapters(model, AdapterConfig(rank=1))
     assert report.layers[1].zero_fraction == pytest.approx(0.25)
     import warnings
@@ -153,7 +170,7 @@ def test_merge_unmerge_and_unload_whole_model():
     model = small_net().eval()
     plain = small_net().eval()
     x = torch.randn(2, 3, 32, 32)
-    model, _ = apply_adapters(model, AdapterConfig(rank=2, targets="all", variant="dora"))
+    model, _ = apply_adapters(model, AdapterConfig(rank=2, alpha=2.0, targets="all", variant="dora"))
     for layer in adapter_layers(model).values():
         randomize_(layer)
     adapted = model(x).detach()
@@ -219,4 +236,8 @@ def test_report_gives_mean_abs_weight_and_the_suggested_lie_scaling():
     _, report = apply_adapters(model, AdapterConfig(rank=1, alpha=4))
     assert report.mean_abs_weight == pytest.approx(expected)
     assert report.suggested_lie_scaling == pytest.approx(1 / expected)
-    assert f"1 / mean|W| = {1 / expected:.3g}" in str(report) and "(this config: 4)" in str(report)
+    assert f"alpha/rank 4; alpha='auto' would give {1 / expected:.3g}" in str(report)
+    assert [layer.scaling for layer in report.layers] == [4.0, 4.0]
+    _, auto = apply_adapters(small_net(), AdapterConfig(rank=1))  # the default: alpha / rank = 1 / mean|W|
+    assert [layer.scaling for layer in auto.layers] == pytest.approx([1 / expected] * 2)
+    assert "trainable" in auto.summary() and "alpha auto" in auto.summary()

@@ -21,7 +21,7 @@ from liera_vision.core import (
 )
 from tests.core.reference import randomize_
 
-CONFIG = AdapterConfig(method="liera", variant="pissa", rank=4, modules_to_save=["head"])
+CONFIG = AdapterConfig(init="pissa", rank=4, modules_to_save=["head"])
 
 
 def adapted_atto(atto_factory, config=CONFIG, seed=0):
@@ -44,7 +44,7 @@ def test_round_trip_into_a_fresh_model(atto_factory, tmp_path):
         meta = fh.metadata()
     assert AdapterConfig.from_json(meta["adapter_config"]) == CONFIG
     assert not any(k.endswith("base_layer.weight") for k in keys)  # adapter-only
-    assert {"head.fc.weight", "head.norm.weight", "stem.0.lora_A", "stem.0.pissa_B0"} <= keys
+    assert {"head.fc.weight", "head.norm.weight", "stem.0.lora_A", "stem.0.lora_B_start", "stem.0.lora_scaling"} <= keys
     base_params = sum(p.numel() for p in atto_factory().parameters())
     with safe_open(str(path), framework="pt") as fh:
         assert sum(fh.get_tensor(k).numel() for k in keys) < base_params / 2
@@ -58,19 +58,19 @@ def test_round_trip_into_a_fresh_model(atto_factory, tmp_path):
 
 def test_adapter_state_dict_keys(atto_factory):
     state = adapter_state_dict(adapted_atto(atto_factory))
-    assert all(".lora_" in k or ".pissa_" in k or k.startswith("head.") for k in state)
+    assert all(".lora_" in k or k.startswith("head.") for k in state)
 
 
 def test_config_mismatch_is_reported_by_field(atto_factory, tmp_path):
     path = save_adapter(adapted_atto(atto_factory), tmp_path / "a.safetensors")
     other, _ = apply_adapters(atto_factory(), AdapterConfig(method="lora", rank=4, modules_to_save=["head"]))
-    with pytest.raises(ValueError, match=r"'method': \('lora', 'liera'\)"):
+    with pytest.raises(ValueError, match=r"'composition': \('additive', 'taylor'\)"):
         load_adapter(other, path)
 
 
 def _rewrite(path, out, edit):
     config, tensors = read_adapter_file(path)
-    meta = {"format": "liera_vision.adapter", "format_version": "1", "adapter_config": config.to_json()}
+    meta = {"format": "liera_vision.adapter", "format_version": "2", "adapter_config": config.to_json()}
     edit(tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata=meta)
     return out

@@ -15,7 +15,7 @@ from liera_vision.core import (
     merge_and_unload,
 )
 from tests.core.reference import randomize_
-from tests.core.test_math import GRID, GRID_IDS
+from tests.core.test_math import GRID
 
 
 def weight_sized_saved(fn, weight: torch.Tensor) -> int:
@@ -36,12 +36,12 @@ def weight_sized_saved(fn, weight: torch.Tensor) -> int:
                          ids=["taylor", "exp", "additive"])
 def test_backward_keeps_at_most_one_weight_sized_tensor(cfg):
     base = nn.Conv2d(64, 64, 7, padding=3, groups=64)  # weight 3136 entries, input 6*64*9*9 = 31104
-    layer = randomize_(AdapterLayer(base, AdapterConfig(rank=4, **cfg)))
+    layer = randomize_(AdapterLayer(base, AdapterConfig(rank=4, alpha=4.0, **cfg)))
     x = torch.randn(6, 64, 9, 9)
     assert weight_sized_saved(lambda: layer(x), base.weight) <= 1
 
     def naive():  # the textbook expression through plain autograd
-        d = layer.scaling * (layer.lora_B @ layer.lora_A).view(base.weight.shape)
+        d = (layer.lora_B["default"] @ layer.lora_A["default"]).view(base.weight.shape)
         w = base.weight * torch.exp(d) if cfg.get("composition") == "exp" else base.weight + base.weight * d
         return F.conv2d(x, w, base.bias, padding=3, groups=64)
 
@@ -56,19 +56,19 @@ def test_autocast_keeps_adapters_fp32():
         y = layer(x)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
-    for p in (layer.lora_A, layer.lora_B):
+    for p in (layer.lora_A["default"], layer.lora_B["default"]):
         assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
         assert torch.count_nonzero(p.grad) > 0
 
 
 def test_half_precision_base_gets_fp32_adapters():
     base = nn.Conv2d(8, 16, 3).to(torch.bfloat16)
-    layer = randomize_(AdapterLayer(base, AdapterConfig(rank=2, variant="dora")))
-    assert layer.lora_A.dtype == layer.dora_magnitude.dtype == torch.float32
+    layer = randomize_(AdapterLayer(base, AdapterConfig(rank=2, alpha=2.0, post="dora")))
+    assert layer.lora_A["default"].dtype == layer.lora_magnitude["default"].dtype == torch.float32
     y = layer(torch.randn(2, 8, 10, 10, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
-    assert layer.lora_B.grad.dtype == torch.float32
+    assert layer.lora_B["default"].grad.dtype == torch.float32
 
 
 def test_to_device_and_dtype():
@@ -77,7 +77,7 @@ def test_to_device_and_dtype():
     expected = layer(x).double()
     layer.merge()
     layer = layer.to(device="cpu", dtype=torch.float64)
-    assert layer.lora_A.dtype == torch.float64 and layer._unmerged_weight.dtype == torch.float64
+    assert layer.lora_A["default"].dtype == torch.float64 and layer._unmerged["default"].dtype == torch.float64
     layer.unmerge()
     assert torch.allclose(layer(x.double()), expected, atol=1e-6)
 
@@ -87,21 +87,28 @@ def test_torch_compile_of_an_adapted_model_on_cpu():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.GELU(), nn.Conv2d(8, 8, 7, padding=3, groups=8),
                           nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-    apply_adapters(model, AdapterConfig(rank=2, targets="all"))
+    apply_adapters(model, AdapterConfig(rank=2, alpha=2.0, targets="all"))
     for layer in adapter_layers(model).values():
         randomize_(layer)
     x = torch.randn(2, 3, 32, 32)
     eager_out = model(x)
-    eager_grads = torch.autograd.grad(eager_out.sum(), [model[0].lora_A, model[2].lora_B])
+    eager_grads = torch.autograd.grad(eager_out.sum(), [model[0].lora_A["default"], model[2].lora_B["default"]])
     compiled = torch.compile(model)
     out = compiled(x)
-    grads = torch.autograd.grad(out.sum(), [model[0].lora_A, model[2].lora_B])
+    grads = torch.autograd.grad(out.sum(), [model[0].lora_A["default"], model[2].lora_B["default"]])
     assert torch.allclose(out, eager_out, atol=1e-5)
     for a, b in zip(grads, eager_grads):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", GRID, ids=GRID_IDS)
+FAST = ({"composition": "taylor", "init": "lora", "post": None},
+        {"composition": "exp", "init": "pissa", "post": "dora"},
+        {"composition": "additive", "init": "lora", "post": None})
+ATTO_CASES = [pytest.param(g, marks=() if g in FAST else pytest.mark.slow,
+                           id=f"{g['composition']}-{g['init']}-{g['post'] or 'none'}") for g in GRID]
+
+
+@pytest.mark.parametrize("cfg", ATTO_CASES)
 def test_convnextv2_atto_identity_training_and_merge(cfg, atto_factory):
     """On a whole model: identity at init, only adapters and head learn, merge_and_unload loads into timm."""
     torch.manual_seed(0)
