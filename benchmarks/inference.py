@@ -62,8 +62,8 @@ def build_models(arch: str, classes: int, method: str, rank: int, perturb: float
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for layer in adapter_layers(adapted).values():
-            noise = torch.randn(layer.lora_B.shape, generator=generator, dtype=layer.lora_B.dtype) * perturb
-            layer.lora_B.add_(noise.to(layer.lora_B.device))
+            B = layer.lora_B["default"]
+            B.add_((torch.randn(B.shape, generator=generator, dtype=B.dtype) * perturb).to(B.device))
     merged = merge_and_unload(copy.deepcopy(adapted))
     leftover = [n for n, m in merged.named_modules() if isinstance(m, AdapterLayer)]
     if leftover:

@@ -89,7 +89,8 @@ def learned_update(layer: AdapterLayer) -> torch.Tensor:
     """``W' − W`` in float64, as the factorization's ``rows × cols`` matrix."""
     exact = copy.deepcopy(layer).double()
     update = exact.effective_weight() - exact.base_layer.weight
-    return update.reshape(layer.factors.rows, layer.factors.cols)
+    factors = layer.settings[layer.active_adapter].factors
+    return update.reshape(factors.rows, factors.cols)
 
 
 def effective_rank(singular_values: torch.Tensor, threshold: float) -> int:
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows, singular_values = [], {}
     for name, first in layers[args.methods[0]].items():
-        n_rows, n_cols, inner = first.factors.rows, first.factors.cols, first.factors.inner
+        factors = first.settings["default"].factors
+        n_rows, n_cols, inner = factors.rows, factors.cols, factors.inner
         row = {"layer": name, "kind": layer_kind(first.base_layer),
                "weight_shape": "x".join(map(str, first.base_layer.weight.shape)), "view": f"{n_rows}x{n_cols}",
                "full_rank": min(n_rows, n_cols), "lora_bound": min(inner, n_rows, n_cols)}

@@ -94,7 +94,7 @@ def cannot_adapt(module: nn.Module, owners: dict[int, list[str]], paths: list[st
     ``owners`` maps ``id(parameter)`` to every qualified parameter name using it (see
     :func:`parameter_owners`).
     """
-    weight = module._parameters.get("weight") if "weight" in module._parameters else None
+    weight = dict(module.named_parameters(recurse=False)).get("weight")
     if weight is None:
         how = "parametrize" if hasattr(module, "parametrizations") else "weight_norm / spectral_norm or similar"
         return (f"its weight is not a stored parameter (computed by {how}): an adapter would be overwritten and "
@@ -114,12 +114,9 @@ def cannot_adapt(module: nn.Module, owners: dict[int, list[str]], paths: list[st
 def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
     """``id(parameter)`` → all qualified names it has in ``model`` (tied parameters have several)."""
     owners: dict[int, list[str]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for pname, param in module._parameters.items():
-            if param is not None:
-                full = f"{module_name}.{pname}" if module_name else pname
-                if full not in owners.setdefault(id(param), []):
-                    owners[id(param)].append(full)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name not in owners.setdefault(id(param), []):
+            owners[id(param)].append(name)
     return owners
 
 
@@ -135,11 +132,17 @@ def module_paths(model: nn.Module) -> dict[int, list[str]]:
 def runs_plain_forward(module: nn.Module) -> bool:
     """True when calling the module is exactly ``F.linear`` / ``F.convNd``: the library's own forward, zero
     padding, no hooks, no forward replaced on the instance. Anything else runs the module's own ``__call__``."""
-    if "forward" in module.__dict__ or any(getattr(module, hooks) for hooks in _HOOKS):
+    if "forward" in vars(module) or has_hooks(module):
         return False
     if base_kind(module).transposed:
         return True
     return getattr(module, "padding_mode", "zeros") == "zeros" and type(module).forward in _PLAIN_FORWARDS
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether hooks are registered on ``module`` itself. torch has no public query: this reads the
+    ``_forward_hooks`` … dicts, pinned by ``tests/core/test_torch_internals.py``."""
+    return any(getattr(module, hooks) for hooks in _HOOKS)
 
 
 def forward_with(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -53,32 +53,40 @@ class BufferDict(nn.Module):
         self.persistent = persistent
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return self._buffers[key]
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
 
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        if key in self:
+            delattr(self, key)
         self.register_buffer(key, value, persistent=self.persistent)
 
     def __delitem__(self, key: str) -> None:
-        del self._buffers[key]
-        self._non_persistent_buffers_set.discard(key)
+        if key not in self:
+            raise KeyError(key)
+        delattr(self, key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._buffers
+        return any(name == key for name, _ in self.named_buffers(recurse=False))
 
     def __len__(self) -> int:
-        return len(self._buffers)
+        return len(self.keys())
 
     def __iter__(self):
-        return iter(self._buffers)
+        return iter(self.keys())
 
     def get(self, key: str, default=None):
-        return self._buffers.get(key, default)
+        return dict(self.named_buffers(recurse=False)).get(key, default)
 
-    def keys(self):
-        return self._buffers.keys()
+    def keys(self) -> list[str]:
+        return [name for name, _ in self.named_buffers(recurse=False)]
 
-    def items(self):
-        return self._buffers.items()
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return list(self.named_buffers(recurse=False))
+
+    def values(self) -> list[torch.Tensor]:
+        return [t for _, t in self.named_buffers(recurse=False)]
 
 
 @dataclass(frozen=True)
@@ -351,9 +359,9 @@ class AdapterLayer(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            base = self.__dict__.get("_modules", {}).get("base_layer")
-            if base is None or name.startswith("_") or name in ("weight", "bias"):
+            if name.startswith("_") or name in ("weight", "bias", "base_layer"):
                 raise
+            base = super().__getattr__("base_layer")
             return getattr(base, name)  # in_features, kernel_size, stride … of the wrapped layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
