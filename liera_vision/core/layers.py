@@ -420,8 +420,11 @@ class AdapterLayer(nn.Module):
             name = next(iter(self.settings))
             for old in legacy:
                 state_dict[f"{prefix}{LEGACY_NAMES[old]}.{name}"] = state_dict.pop(prefix + old)
-            # 0.1.0 kept alpha / rank in the config only; the layer's value came from that same config
-            state_dict.setdefault(f"{prefix}lora_scaling.{name}", self.lora_scaling[name].detach().clone())
+            # 0.1.0 kept alpha / rank in the config only, where alpha=None meant alpha = rank (a config
+            # rebuilt without from_dict, e.g. by LightningCLI from checkpoint hyper-parameters, reads it as "auto")
+            alpha = self.settings[name].alpha
+            scaling = 1.0 if isinstance(alpha, str) else alpha / self.settings[name].rank
+            state_dict.setdefault(f"{prefix}lora_scaling.{name}", torch.full_like(self.lora_scaling[name], scaling))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -59,3 +59,17 @@ def test_legacy_state_dict_keys_load_into_an_adapted_layer():
     fresh.dw.load_state_dict({**base, **state})
     assert torch.equal(fresh.dw.lora_B_start["default"], model.dw.lora_B_start["default"])
     assert torch.equal(fresh.dw.effective_weight().detach(), expected)
+
+
+def test_legacy_state_dict_keeps_its_scale_when_the_config_was_rebuilt_as_auto():
+    """LightningCLI rebuilds a 0.1.0 checkpoint's config with AdapterConfig(**hparams): its alpha=None then
+    reads as today's "auto"; the 0.1.0 state dict (no lora_scaling) still gets 0.1.0's alpha = rank."""
+    from liera_vision.core import AdapterLayer
+
+    layer = AdapterLayer(torch.nn.Linear(6, 4), AdapterConfig(method="liera", rank=2))
+    assert layer.settings["default"].alpha == "auto" and float(layer.lora_scaling["default"]) != 1.0
+    legacy = {"base_layer.weight": layer.base_layer.weight.detach(), "base_layer.bias": layer.base_layer.bias.detach(),
+              "lora_A": torch.ones(2, 6), "lora_B": torch.ones(4, 2)}
+    layer.load_state_dict(legacy)
+    assert float(layer.lora_scaling["default"]) == 1.0
+    assert torch.allclose(layer.delta(), torch.full((4, 6), 2.0))
