@@ -21,6 +21,31 @@ def test_import_is_light(module):
     assert out.strip() == "[]", f"import {module} loaded {out.strip()}"
 
 
+# modules a process imports without training: the report tool, the sweep's parent process (it resolves the
+# configuration and trains in child processes), the task registry, the result files (issue 10 §6)
+TORCH_FREE = ["liera_vision.vtab", "liera_vision.vtab.report", "liera_vision.vtab.sweep", "liera_vision.vtab.tasks",
+              "liera_vision.vtab.results", "liera_vision.fileio"]
+TRAINING_STACK = ["torch", "torchvision", "lightning", "pytorch_lightning", "lightning_fabric", "timm", "torchmetrics"]
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_vtab_tools_import_no_training_stack(module):
+    code = (f"import sys, {module}; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({TRAINING_STACK!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"import {module} loaded {out.strip()}"
+
+
+def test_vtab_exports_stay_lazy_and_complete():
+    """``liera_vision.vtab``'s names resolve on first use (PEP 562) to the objects of their submodules."""
+    code = ("import sys, liera_vision.vtab as v; assert 'torch' not in sys.modules; "
+            "from liera_vision.vtab.data import VTABDataModule; from liera_vision.vtab.tasks import get_task; "
+            "assert v.VTABDataModule is VTABDataModule and v.get_task is get_task; "
+            "missing = [n for n in v.__all__ if getattr(v, n, None) is None]; print(missing, len(v.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] 20"
+
+
 def imports_of(package: str) -> set[str]:
     found = set()
     for path in (ROOT / "liera_vision" / package).rglob("*.py"):

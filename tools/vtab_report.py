@@ -3,10 +3,13 @@
 
     python tools/vtab_report.py runs/vtab/liera_r8 runs/vtab/lora_r8 [--metric final|best|both] [--out DIR]
 
-Writes vtab_report.md, vtab_report.csv and vtab_report.png.
+Paths: sweep folders (results.jsonl), single ``train_vtab.py fit`` run folders (result.json), result files, or
+folders holding any mix of them. Writes vtab_report.md, vtab_report.csv and vtab_report.png.
 """
+
+import sys
 
 from liera_vision.vtab.report import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

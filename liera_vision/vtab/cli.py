@@ -5,19 +5,29 @@
 ``adapter.safetensors``. ``validate`` / ``test`` / ``predict`` are LightningCLI's.
 
 Defaults beyond the classes' own: ``trainer.default_root_dir`` = ``runs/vtab/<run_name>/<task>``
-(``run_name`` defaults to the method, e.g. ``liera-taylor-r8``), checkpoints in its
-``checkpoints/`` (``last.ckpt`` after every epoch, for ``--ckpt_path`` resumption),
-``trainer.max_epochs`` 100 and an evaluation every 10 epochs.
+(``run_name`` defaults to the method, e.g. ``liera-taylor-r8``; ``<task>`` is the registry name, an
+alias such as ``cifar100`` resolves), checkpoints in its ``checkpoints/`` (``last.ckpt`` after every
+epoch, for ``--ckpt_path`` resumption), ``trainer.max_epochs`` 100, an evaluation every 10 epochs,
+and Lightning's default logger (TensorBoard, in ``<default_root_dir>/lightning_logs/``).
 
-    python tools/train_vtab.py fit --config configs/vtab/liera_r8.yaml --data.root data/vtab-1k --data.task dtd
+Configs compose: ``--config`` may be repeated, later files override earlier ones and flags override
+files (the protocol first, then a method: ``configs/vtab/protocol/vtab1k.yaml``, ``configs/vtab/liera_r8.yaml``).
+
+    python tools/train_vtab.py fit --config configs/vtab/protocol/vtab1k.yaml --config configs/vtab/liera_r8.yaml \
+        --data.root data/vtab-1k --data.task dtd
+
+A user error (bad data, a missing file, a value the classes refuse) ends the command with one line
+``error: <message>`` and exit status 1; ``LIERA_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
+import re
 import sys
 import time
-import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -26,10 +36,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from liera_vision.core import AdapterConfig, save_adapter
 
-from .data import VTABDataError, VTABDataModule
+from .data import VTABDataModule
 from .module import VTABClassifier
-from .results import write_json_atomic
-from .tasks import TASKS, get_task
+from .results import RESULT_FILE, write_json_atomic
+from .tasks import canonical_name, find_task
 
 
 def method_name(finetune: str, adapter: dict | None) -> str:
@@ -49,13 +59,14 @@ def result_record(model: VTABClassifier, data: VTABDataModule, trainer, *, metho
         best_epoch, best = "final", final
     count = model.parameter_count
     hp = model.hparams
-    task = TASKS.get(data.task)
+    task = find_task(data.task)
     return {
         "method": method, "task": data.task, "group": task.group if task else None,
         "suite": task.suite if task else None, "num_classes": data.num_classes,
         "acc_final": final, "acc_best": best, "best_epoch": best_epoch, "evaluations": evaluations,
         "protocol": data.protocol, "train_split": data.train_split, "eval_split": data.eval_split,
-        "arch": hp.arch, "finetune": hp.finetune, "adapter": hp.adapter,
+        "arch": hp.arch, "finetune": hp.finetune,
+        "adapter": model.adapter_config.to_dict() if model.adapter_config is not None else None,
         "pretrained": hp.pretrained, "checkpoint": hp.checkpoint, "random_init": model.random_init,
         "lr": hp.lr, "weight_decay": hp.weight_decay, "batch_size": data.batch_size, "image_size": data.image_size,
         "epochs": trainer.current_epoch, "max_epochs": trainer.max_epochs,
@@ -69,10 +80,12 @@ def result_record(model: VTABClassifier, data: VTABDataModule, trainer, *, metho
 
 class VTABCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
-        # without tensorboard Lightning logs to CSV (metrics.csv per run) and says so at length on every run
-        warnings.filterwarnings("ignore", message=r".*`tensorboardX` has been removed as a dependency")
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module owns the protocol's optimizer
+        # a bad flag or value raises ArgumentError (main prints it in one line) instead of printing the whole usage
+        parser_kwargs = kwargs.setdefault("parser_kwargs", {})
+        for key in ("exit_on_error", *self.subcommands()):
+            parser_kwargs.setdefault(key, False if key == "exit_on_error" else {"exit_on_error": False})
         self._start = time.time()
         super().__init__(VTABClassifier, VTABDataModule, *args, **kwargs)
 
@@ -94,11 +107,9 @@ class VTABCLI(LightningCLI):
         cfg = self._cfg()
         adapter = cfg.model.adapter.as_dict() if hasattr(cfg.model.adapter, "as_dict") else cfg.model.adapter
         self.run_name = cfg.run_name or method_name(cfg.model.finetune, adapter)
-        task = cfg.data.task
-        if cfg.data.num_classes is None or task in TASKS:
-            task = get_task(task).name
+        cfg.data.task = canonical_name(cfg.data.task)  # the folder, the data module and result.json agree
         if cfg.trainer.default_root_dir is None:
-            cfg.trainer.default_root_dir = str(Path("runs/vtab") / self.run_name / task)
+            cfg.trainer.default_root_dir = str(Path("runs/vtab") / self.run_name / cfg.data.task)
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = str(Path(cfg.trainer.default_root_dir) / "checkpoints")
 
@@ -112,17 +123,33 @@ class VTABCLI(LightningCLI):
             save_adapter(model.model, root / "adapter.safetensors")
         record = result_record(model, data, trainer, method=self.run_name, seed=cfg.get("seed_everything"),
                                resumed_from=cfg.get("ckpt_path"), wall_s=time.time() - self._start)
-        path = write_json_atomic(root / "result.json", record)
+        path = write_json_atomic(root / RESULT_FILE, record)
         rank_zero_info(f"{self.run_name} on {data.task}: top-1 {100 * record['acc_final']:.2f}% final, "
                        f"{100 * record['acc_best']:.2f}% best over evaluations ({data.eval_split}); "
                        f"wrote {path}")
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error re-raised from a DataLoader worker carries the worker's
+    traceback in its message; its last line is the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:  # "...\nliera_vision.vtab.data.VTABDataError: <message>"
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])
+    return " ".join(text.split())
+
+
 def main(args: list[str] | None = None) -> None:
+    """``train_vtab.py``: LightningCLI's subcommands; a user error ends it with one line (see the module docstring)."""
     try:
         VTABCLI(args=args)
-    except (VTABDataError, FileNotFoundError) as err:  # bad data or a missing file: the message says it all
-        sys.exit(f"error: {err}")
+    except ArgumentError as err:  # a bad flag or value (jsonargparse)
+        if os.environ.get("LIERA_TRACEBACK"):
+            raise
+        sys.exit(f"error: {one_line(err)} (the options: train_vtab.py <subcommand> --help)")
+    except (ValueError, OSError) as err:  # bad data, a missing file, a refused value: the message names it
+        if os.environ.get("LIERA_TRACEBACK"):
+            raise
+        sys.exit(f"error: {one_line(err)}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """VTABClassifier: a timm ConvNeXt-V2, adapted with the core adapters (or fully / linearly tuned), as a LightningModule.
 
-Training follows the VTAB-1k protocol (REFERENCE.md §2): cross-entropy, AdamW (lr 1e-3, weight
-decay 1e-4), a linear warm-up from 1e-6 over 10 epochs then cosine decay to 1e-5, stepped per
-batch. Top-1 accuracy comes from torchmetrics; every evaluation during ``fit`` is kept in
+Training follows the VTAB-1k protocol of the LieRA paper's experiments (arXiv:2504.00851; the
+values are in ``configs/vtab/protocol/vtab1k.yaml``): cross-entropy, AdamW (lr 1e-3, weight decay
+1e-4), a linear warm-up from 1e-6 over 10 epochs then cosine decay to 1e-5, stepped per batch.
+Top-1 accuracy comes from torchmetrics; every evaluation during ``fit`` is kept in
 ``eval_history`` so that both the final and the best-over-evaluations accuracy can be reported.
 
 Checkpoints carry only what trains (adapters, head, optimizer state) plus a fingerprint of the
 frozen weights: a LieRA checkpoint of ConvNeXt-V2-B is a few MB instead of 350 MB, and resuming
 onto a different frozen backbone is refused instead of silently producing a different model.
+The fingerprint is taken once, from the weights as built (before Lightning casts the module to a
+``*-true`` precision), so it is the same under every precision: a ``bf16-true`` run resumes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from liera_vision.core import AdapterConfig, apply_adapters, count_parameters, name_matches
-from liera_vision.models import create_convnextv2
+from liera_vision.errors import RandomInitWarning
+from liera_vision.models import build_convnextv2
 
 FINETUNE = ("adapter", "full", "linear")
 FINGERPRINT_KEY = "liera_frozen_fingerprint"
@@ -45,6 +49,14 @@ def _with_head(config: AdapterConfig) -> AdapterConfig:
     if any(name_matches(p, "head") or name_matches(p, "head.fc") for p in config.modules_to_save):
         return config
     return dataclasses.replace(config, modules_to_save=[*config.modules_to_save, "head"])
+
+
+def adapter_hparams(config: AdapterConfig) -> dict:
+    """``config`` as the command line takes it: LightningCLI parses a checkpoint's hyper-parameters again on
+    ``--ckpt_path``, so they hold :class:`AdapterConfig`'s fields only (``to_dict`` without its ``"version"``;
+    ``AdapterConfig.from_dict`` reads both)."""
+    fields = {f.name for f in dataclasses.fields(AdapterConfig)}
+    return {key: value for key, value in config.to_dict().items() if key in fields}
 
 
 class VTABClassifier(L.LightningModule):
@@ -88,16 +100,17 @@ class VTABClassifier(L.LightningModule):
             raise ValueError(f"VTABClassifier: expected 0 <= warmup_lr ({warmup_lr}) <= lr ({lr}) "
                              f"and 0 <= min_lr ({min_lr}) <= lr")
         self.save_hyperparameters(ignore=["adapter"])
-        self.hparams["adapter"] = adapter.to_dict() if adapter is not None else None
+        self.hparams["adapter"] = adapter_hparams(adapter) if adapter is not None else None
 
-        self.model = create_convnextv2(arch, num_classes, pretrained=pretrained, checkpoint=checkpoint,
-                                       drop_path_rate=drop_path_rate)
+        self.model, checkpoint_report = build_convnextv2(arch, num_classes, pretrained=pretrained,
+                                                         checkpoint=checkpoint, drop_path_rate=drop_path_rate)
         self.random_init = not (pretrained or checkpoint)
         if self.random_init:
             rank_zero_warn(f"no model.pretrained tag or model.checkpoint given: the ConvNeXt-V2 {arch} backbone is "
-                           "RANDOM-INITIALISED; accuracies will be far below pretrained ones")
+                           "RANDOM-INITIALISED; accuracies will be far below pretrained ones",
+                           category=RandomInitWarning)
         elif checkpoint is not None:
-            rank_zero_info(str(self.model.checkpoint_report))
+            rank_zero_info(str(checkpoint_report))
         self.adapter_config = adapter
         self.report = None
         if finetune == "adapter":
@@ -106,6 +119,8 @@ class VTABClassifier(L.LightningModule):
             self.model.requires_grad_(False)
             self.model.head.fc.requires_grad_(True)
         self.method = adapter.name if adapter is not None else finetune
+        # the frozen weights as built: Lightning may cast the module later (16-true, bf16-true, 64-true)
+        self._built_fingerprint = self.frozen_fingerprint()
 
         self.train_loss = MeanMetric()  # metrics synchronise across processes when computed
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -127,13 +142,24 @@ class VTABClassifier(L.LightningModule):
         logits = self(x)
         return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing), logits, y
 
-    def on_fit_start(self) -> None:
+    def parameter_summary(self) -> dict[str, int]:
+        """Counts for logs: ``trainable_params``, ``total_params`` and, for adapter runs, ``adapted_layers`` and
+        ``adapter_params`` (the adapters alone, without ``modules_to_save``)."""
         count = self.parameter_count
-        line = (f"{self.method}: trainable parameters {count.trainable:,} / {count.total:,} "
-                f"({100 * count.fraction:.3f}%)")
-        rank_zero_info(str(self.report).splitlines()[-1] if self.report is not None else line)
+        out = {"trainable_params": count.trainable, "total_params": count.total}
+        if self.report is not None:
+            out |= {"adapted_layers": len(self.report.layers), "adapter_params": self.report.adapter_params}
+        return out
+
+    def on_fit_start(self) -> None:
+        counts = self.parameter_summary()
+        line = (f"{self.method}: trainable parameters {counts['trainable_params']:,} / {counts['total_params']:,} "
+                f"({100 * counts['trainable_params'] / max(counts['total_params'], 1):.3f}%)")
+        if self.report is not None:
+            line += f"; {counts['adapted_layers']} layers adapted, {counts['adapter_params']:,} adapter parameters"
+        rank_zero_info(line)
         for logger in self.loggers:
-            logger.log_metrics({"trainable_params": count.trainable, "total_params": count.total}, step=0)
+            logger.log_metrics(counts, step=0)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._loss(batch)
@@ -169,6 +195,12 @@ class VTABClassifier(L.LightningModule):
 
     # --- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
+        if str(self.trainer.precision) == "16-true":
+            raise ValueError(
+                "trainer.precision='16-true' cannot train here: it keeps the weights and AdamW's state in float16, "
+                "where AdamW's eps (1e-8) rounds to 0, so a parameter whose gradient is still zero (every LoRA / "
+                "LieRA factor A at the first step) becomes 0/0 = NaN. Train with 16-mixed (float16 compute, "
+                "float32 weights), bf16-mixed or bf16-true; validate / test / predict run under 16-true")
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
@@ -184,7 +216,9 @@ class VTABClassifier(L.LightningModule):
         return sorted(name for name, p in self.named_parameters() if not p.requires_grad)
 
     def frozen_fingerprint(self) -> torch.Tensor:
-        """``(sum, sum of |·|)`` of every frozen parameter (sorted by name), float64: cheap, sensitive to any change."""
+        """``(sum, sum of |·|)`` of every frozen parameter (sorted by name) as they are now, float64, shape
+        ``(frozen parameters, 2)``: cheap, sensitive to any change. Checkpoints store (and compare) the one taken
+        when the model was built, which no precision cast has touched."""
         params = dict(self.named_parameters())
         rows = [torch.stack([params[n].detach().double().sum(), params[n].detach().double().abs().sum()]).cpu()
                 for n in self._frozen_names()]
@@ -194,17 +228,25 @@ class VTABClassifier(L.LightningModule):
         frozen = self._frozen_names()
         dropped = set(frozen)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in dropped}
-        checkpoint[FINGERPRINT_KEY] = {"names": frozen, "values": self.frozen_fingerprint()}
+        checkpoint[FINGERPRINT_KEY] = {"names": frozen, "values": self._built_fingerprint}
         checkpoint["eval_history"] = [list(item) for item in self.eval_history]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        try:
+            precision = self.trainer.precision_plugin
+        except RuntimeError:  # not attached to a Trainer (e.g. load_from_checkpoint)
+            precision = None
+        if precision is not None:
+            # Lightning restores the weights before its precision plugin casts the module (64-true, 16-true,
+            # bf16-true); cast first, or the saved tensors would pass through float32 (64-true loses digits)
+            precision.convert_module(self)
         saved = checkpoint.get(FINGERPRINT_KEY)
         if saved is not None:
             names = self._frozen_names()
             if saved["names"] != names:
                 raise ValueError(f"checkpoint freezes {len(saved['names'])} parameters, this model {len(names)}: "
                                  "it was trained with another finetune / adapter setting")
-            if not torch.allclose(saved["values"], self.frozen_fingerprint(), rtol=1e-6, atol=1e-6):
+            if not torch.allclose(saved["values"].double(), self._built_fingerprint, rtol=1e-6, atol=1e-6):
                 hint = (" The backbone is random-initialised: re-create it with the same seed (seed_everything)."
                         if self.random_init else " Load the same model.pretrained / model.checkpoint.")
                 raise ValueError("checkpoint was trained on different frozen weights than this model's." + hint)

@@ -18,17 +18,28 @@ from pathlib import Path
 from liera_vision.fileio import write_text_atomic
 
 REQUIRED = ("method", "task", "acc_final", "acc_best")
-RESULTS_FILE = "results.jsonl"
+RESULTS_FILE = "results.jsonl"  # a sweep's run folder: one record per line
+RESULT_FILE = "result.json"     # one train_vtab.py fit run
 
 
 def write_json_atomic(path: str | os.PathLike, record: dict) -> Path:
     return write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"result file {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err})") from err
+
+
 def read_json(path: str | os.PathLike) -> dict:
+    """The record of a ``result.json``; ``ValueError`` naming the file when it is not one."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     _check(record, str(path))
@@ -46,10 +57,8 @@ def _check(record, where: str) -> None:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of a JSON-lines results file; ``ValueError`` naming ``file:line`` on a bad line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file {path} does not exist")
     records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -1,8 +1,14 @@
-"""The task registry: VTAB-1k's 19 tasks (REFERENCE.md §2) and the synthetic demo suite.
+"""The task registry: VTAB-1k's 19 tasks and the synthetic demo suite.
 
-A task is a folder name, a class count and a group. Two suites are registered: ``vtab-1k``
-(natural / specialized / structured) and ``synthetic`` (the generated demo tasks of
-:mod:`liera_vision.vtab.synthetic`, in the spirit of VTAB's natural and structured groups).
+VTAB-1k: Zhai et al., "A Large-scale Study of Representation Learning with the Visual Task
+Adaptation Benchmark" (arXiv:1910.04867), as laid out by NOAH's ``get_vtab1k.py`` (folder names,
+class counts; ``cifar`` is CIFAR-100).
+
+A task is a folder name, a class count and a group. Three suites are registered: ``vtab-1k``
+(natural / specialized / structured), ``synthetic`` (the generated tasks of
+:mod:`liera_vision.vtab.synthetic`, in the spirit of VTAB's natural and structured groups) and
+``real-mini`` (the demo's three tasks of real images from registry packages,
+:mod:`liera_vision.vtab.realdata`, one per VTAB group).
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ class Task:
     group: str
     suite: str
     aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The registry name, then the aliases: the folder names the task may have on disk."""
+        return (self.name, *self.aliases)
 
 
 def _suite(suite: str, rows: list[tuple]) -> dict[str, Task]:
@@ -50,14 +61,34 @@ SYNTHETIC_TASKS = _suite("synthetic", [
     ("synth_position", 4, "structured"),   # horizontal position bin, like dsprites_loc
     ("synth_orientation", 4, "structured"),  # orientation bin of a bar, like dsprites_ori
 ])
-TASKS: dict[str, Task] = {**VTAB_TASKS, **SYNTHETIC_TASKS}
-SUITES: dict[str, list[str]] = {"vtab-1k": list(VTAB_TASKS), "synthetic": list(SYNTHETIC_TASKS)}
+REAL_MINI_TASKS = _suite("real-mini", [  # real images shipped in scikit-learn / scikit-image (realdata.py)
+    ("sk_digits", 10, "natural"),        # which handwritten digit (sklearn load_digits)
+    ("sk_texture", 6, "specialized"),    # which surface / tissue a grey patch shows (skimage.data)
+    ("sk_rotation", 4, "structured"),    # by how much a photo patch was rotated (0/90/180/270 degrees)
+])
+TASKS: dict[str, Task] = {**VTAB_TASKS, **SYNTHETIC_TASKS, **REAL_MINI_TASKS}
+SUITES: dict[str, list[str]] = {"vtab-1k": list(VTAB_TASKS), "synthetic": list(SYNTHETIC_TASKS),
+                                "real-mini": list(REAL_MINI_TASKS)}
 ALIASES: dict[str, str] = {alias: task.name for task in TASKS.values() for alias in task.aliases}
+
+
+def find_task(name: str) -> Task | None:
+    """The registered task called ``name`` or one of its aliases (``cifar100`` → ``cifar``); ``None`` otherwise.
+
+    The ONE alias resolver: the data module, the command line, the sweep and the report all go through it.
+    """
+    return TASKS.get(ALIASES.get(name, name))
+
+
+def canonical_name(name: str) -> str:
+    """The registry name of ``name`` (an alias resolves); a task of your own keeps its name."""
+    task = find_task(name)
+    return task.name if task is not None else name
 
 
 def get_task(name: str) -> Task:
     """The registered task called ``name`` (or one of its aliases); ``ValueError`` listing the names otherwise."""
-    task = TASKS.get(ALIASES.get(name, name))
+    task = find_task(name)
     if task is None:
         raise ValueError(f"unknown task {name!r}; VTAB-1k tasks: {SUITES['vtab-1k']}, "
                          f"aliases: {sorted(ALIASES)}, synthetic tasks: {SUITES['synthetic']} "

@@ -24,7 +24,7 @@ def classifier(seed: int = 0, **kwargs) -> VTABClassifier:
 
 def test_trainable_parameters_per_finetune_mode():
     liera = classifier(adapter=AdapterConfig(method="liera", rank=8, modules_to_save=["head"]))
-    assert liera.parameter_count.trainable == 791_108  # REFERENCE.md §1: atto, r=8, 100-class head
+    assert liera.parameter_count.trainable == 791_108  # atto, r=8: 758,368 adapter + head.norm 640 + head.fc 32,100
     assert liera.method == "liera-taylor-r8"
     lora_no_head = classifier(adapter=AdapterConfig(method="lora", rank=8))
     assert lora_no_head.adapter_config.modules_to_save == ["head"]  # the new head always trains
@@ -43,7 +43,7 @@ def test_bad_arguments():
         classifier(num_classes=None)
     with pytest.raises(ValueError, match=r"finetune must be one of"):
         classifier(finetune="bitfit")
-    with pytest.raises(ValueError, match=r"targets=\['nothing'\] .* matched no nn.Conv2d"):
+    with pytest.raises(ValueError, match=r"targets=\['nothing'\] .* matched no "):
         classifier(adapter=AdapterConfig(targets=["nothing"]))
 
 
@@ -61,7 +61,7 @@ def test_warmup_cosine_schedule():
 def test_checkpoint_keeps_trainable_state_and_checks_frozen_weights():
     model = classifier(seed=1, num_classes=4)
     with torch.no_grad():
-        model.model.stages[0].blocks[0].conv_dw.lora_B.add_(0.5)  # "trained" adapter
+        model.model.stages[0].blocks[0].conv_dw.lora_B["default"].add_(0.5)  # "trained" adapter
         model.model.head.fc.weight.add_(0.5)
     model.eval_history = [(0, 0.25), (1, 0.5)]
     ckpt = {"state_dict": model.state_dict()}
@@ -104,3 +104,29 @@ def test_backbone_from_an_official_checkpoint_file(tmp_path):
     with torch.no_grad():  # adapters start at zero: the adapted backbone computes the source's features
         x = torch.randn(2, 3, 32, 32)
         assert torch.allclose(model.model.forward_features(x), source.eval().forward_features(x), atol=1e-5)
+
+
+def test_parameter_summary_is_structured():
+    """The counts logged at the start of fit (issue 10 §3: not a line of the report's text)."""
+    liera = classifier(adapter=AdapterConfig(method="liera", rank=8, modules_to_save=["head"]))
+    assert liera.parameter_summary() == {"trainable_params": 791_108, "total_params": liera.parameter_count.total,
+                                         "adapted_layers": 16, "adapter_params": 758_368}
+    linear = classifier(finetune="linear")
+    assert linear.parameter_summary() == {"trainable_params": 32_100, "total_params": linear.parameter_count.total}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_checkpoint_of_a_cast_model_resumes(dtype):
+    """Lightning casts the module for *-true precisions before saving; the frozen fingerprint is the one built in
+    float32, so the checkpoint loads into a fresh (float32) model, and its tensors arrive in the cast dtype."""
+    model = classifier(seed=1, num_classes=4).to(dtype)
+    ckpt = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(ckpt)
+    assert ckpt["liera_frozen_fingerprint"]["values"].dtype == torch.float64
+    same = classifier(seed=1, num_classes=4)
+    same.on_load_checkpoint(ckpt)  # raised "different frozen weights" when the fingerprint was taken at save time
+    same.load_state_dict(ckpt["state_dict"])
+    head = same.model.head.fc.weight
+    assert torch.equal(head.to(dtype), model.model.head.fc.weight)
+    with pytest.raises(ValueError, match="different frozen weights"):
+        classifier(seed=2, num_classes=4).on_load_checkpoint({**ckpt, "state_dict": dict(ckpt["state_dict"])})

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from liera_vision.vtab import SUITES, append_jsonl_atomic, read_jsonl
+from liera_vision.vtab import SUITES, append_jsonl_atomic, read_jsonl, write_json_atomic
 from liera_vision.vtab.report import build_table, main, report
 
 NATURAL, SPECIALIZED, STRUCTURED = SUITES["vtab-1k"][:7], SUITES["vtab-1k"][7:11], SUITES["vtab-1k"][11:]
@@ -75,9 +75,9 @@ def test_markdown_csv_png(runs, tmp_path):
 
 
 def test_cli_reads_a_folder_of_runs(runs, capsys):
-    main([str(runs), "--metric", "final"])
+    assert main([str(runs), "--metric", "final"]) == 0
     out = capsys.readouterr().out
-    assert "| natural | cifar | 70.0 | 50.0 | – |" in out and "best over" not in out
+    assert "| natural | cifar | 70.0 | 50.0 ± 14.1 | – |" in out and "best over" not in out  # B: 2 seeds, 40 and 60
     assert (runs / "vtab_report.png").is_file()
 
 
@@ -88,8 +88,11 @@ def test_bad_result_files(tmp_path):
         fh.write('{"method": "A", "task": "dtd"}\n{not json\n')
     with pytest.raises(ValueError, match=r"results.jsonl:2: result record lacks \['acc_final', 'acc_best'\]"):
         read_jsonl(path)
-    with pytest.raises(FileNotFoundError, match="no results.jsonl there"):
+    with pytest.raises(FileNotFoundError, match=r"missing does not exist \(expected a result file or a run folder\)"):
         report([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: no results.jsonl or result.json in it or below it"):
+        report([tmp_path / "empty"])
     mixed = [{"method": "A", "task": "dtd", "acc_final": 0.5, "acc_best": 0.5},
              {"method": "A", "task": "synth_shape", "acc_final": 0.5, "acc_best": 0.5}]
     with pytest.raises(ValueError, match=r"results mix task suites \['synthetic', 'vtab-1k'\]"):
@@ -108,3 +111,63 @@ def test_append_keeps_earlier_lines_and_leaves_no_temp_files(tmp_path):
     with pytest.raises(ValueError, match=r"record: result record lacks \['acc_best'\]"):
         append_jsonl_atomic(path, {"method": "A", "task": "t3", "acc_final": 0.3})
     assert len(path.read_text().splitlines()) == 3
+
+
+def test_single_runs_sweeps_and_mixtures(tmp_path):
+    """A train_vtab.py fit folder (result.json, no results.jsonl), a sweep folder (whose task folders hold the same
+    records as its results.jsonl: counted once) and a loose result file, alone or together."""
+    single = tmp_path / "runs" / "lora-r8" / "dtd"
+    write_json_atomic(single / "result.json", {"method": "lora-r8", "task": "dtd", "acc_final": 0.4, "acc_best": 0.5})
+    (single / "checkpoints").mkdir()
+    write_json_atomic(single / "checkpoints" / "result.json", {"method": "X", "task": "dtd", "acc_final": 1,
+                                                               "acc_best": 1})  # never inside a run folder
+    sweep = tmp_path / "runs" / "liera_r8"
+    for task, acc in (("dtd", 0.6), ("cifar100", 0.7)):
+        record = {"method": "liera_r8", "task": task, "acc_final": acc, "acc_best": acc}
+        write_json_atomic(sweep / task / "result.json", record)
+        append_jsonl_atomic(sweep / "results.jsonl", record)
+    loose = tmp_path / "kitti.json"
+    write_json_atomic(loose, {"method": "lora-r8", "task": "kitti", "acc_final": 0.9, "acc_best": 0.9})
+
+    assert rows(report([single])[1][0])["dtd"] == {"lora-r8": 40.0}
+    markdown, tables = report([tmp_path / "runs", loose], out_dir=tmp_path / "out")
+    final = rows(tables[0])
+    assert final["dtd"] == {"lora-r8": 40.0, "liera_r8": 60.0} and final["cifar"] == {"lora-r8": None, "liera_r8": 70.0}
+    assert final["kitti"] == {"lora-r8": 90.0, "liera_r8": None}
+    assert tables[0].methods == ["liera_r8", "lora-r8"] and "X" not in markdown
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    expected = f"{tmp_path / 'nowhere'} does not exist (expected a result file or a run folder)"
+    assert err == f"vtab_report: error: {expected}\n"
+    (tmp_path / "results.jsonl").write_text("{broken\n")
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vtab_report: error: ") and "results.jsonl:1: not a JSON object" in err
+    assert err.count("\n") == 1
+
+
+def test_spread_over_seeds_parameters_and_chance(tmp_path):
+    """Two seeds of a real-mini run: mean ± std per task and of each mean (computed seed by seed), the trainable
+    parameters (a range when the heads differ), the chance level of every task."""
+    accs = {0: {"sk_digits": 0.9, "sk_texture": 0.5, "sk_rotation": 0.4}, 1: {"sk_digits": 0.7, "sk_texture": 0.7,
+                                                                               "sk_rotation": 0.4}}
+    params = {"sk_digits": 1_926, "sk_texture": 1_605, "sk_rotation": 1_284}
+    for seed, tasks in accs.items():
+        for task, acc in tasks.items():
+            append_jsonl_atomic(tmp_path / f"s{seed}" / "results.jsonl",
+                                {"method": "linear", "task": task, "acc_final": acc, "acc_best": acc, "seed": seed,
+                                 "trainable_params": params[task]})
+    markdown, tables = report([tmp_path], out_dir=tmp_path / "out", metrics=("final",))
+    spread = {row.label: row.spread["linear"] for row in tables[0].rows}
+    assert spread["sk_digits"] == pytest.approx(14.142136) and spread["sk_rotation"] == 0.0
+    # per-seed means of the 3 tasks: 60.0 and 60.0 -> no spread, although two tasks vary
+    assert spread["mean of the 3 tasks"] == 0.0 and spread["specialized mean"] == pytest.approx(14.142136)
+    lines = markdown.splitlines()
+    assert "| natural | sk_digits | 80.0 ± 14.1 |" in lines
+    assert "|  | **mean of the 3 tasks** | 60.0 ± 0.0 |" in lines
+    assert "|  | trainable parameters | 1,284–1,926 |" in lines
+    assert "chance (100 / classes): sk_digits 10.0, sk_texture 16.7, sk_rotation 25.0; mean of the tasks 17.2" in lines
+    assert (tmp_path / "out" / "vtab_report.png").stat().st_size > 10_000

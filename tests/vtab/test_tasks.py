@@ -1,10 +1,11 @@
-"""The VTAB-1k task registry (REFERENCE.md §2)."""
+"""The VTAB-1k task registry: class counts and groups of Zhai et al. (arXiv:1910.04867) in NOAH's get_vtab1k.py
+layout; one alias resolver."""
 
 from __future__ import annotations
 
 import pytest
 
-from liera_vision.vtab import SUITES, TASKS, get_task, groups, select_tasks
+from liera_vision.vtab import SUITES, TASKS, canonical_name, find_task, get_task, groups, select_tasks
 
 
 def test_the_19_tasks_their_classes_and_groups():
@@ -21,6 +22,27 @@ def test_the_19_tasks_their_classes_and_groups():
 def test_aliases_resolve():
     assert get_task("cifar100").name == "cifar" and get_task("cifar100").num_classes == 100
     assert get_task("oxford_pet").name == "oxford_iiit_pet"
+    assert find_task("cifar100") is TASKS["cifar"] and find_task("my_task") is None
+    assert [canonical_name(n) for n in ("cifar100", "cifar", "oxford_pet", "my_task")] == [
+        "cifar", "cifar", "oxford_iiit_pet", "my_task"]
+
+
+def test_one_alias_resolver():
+    """Aliases are resolved by tasks.find_task only: no other module of the package reads ALIASES or aliases."""
+    import ast
+    from pathlib import Path
+
+    import liera_vision.vtab as vtab
+
+    readers = set()
+    for path in Path(vtab.__file__).parent.glob("*.py"):
+        if path.name in ("tasks.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Name) and node.id == "ALIASES") or (
+                    isinstance(node, ast.Attribute) and node.attr == "aliases"):
+                readers.add(path.name)
+    assert not readers, readers
 
 
 def test_select_tasks():
