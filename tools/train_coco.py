@@ -7,7 +7,13 @@
 See docs/coco.md.
 """
 
-from liera_vision.det.cli import train_main
+import warnings
+
+# mmengine 0.10.7 imports pkg_resources, which recent setuptools flags as deprecated on every import;
+# it is not about this run, and a user error should read as one line
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+from liera_vision.det.cli import run, train_main  # noqa: E402 - after the filter above
 
 if __name__ == "__main__":
-    train_main()
+    run(train_main)

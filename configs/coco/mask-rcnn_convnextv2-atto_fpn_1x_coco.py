@@ -1,11 +1,6 @@
 # Mask R-CNN, ConvNeXt-V2-atto backbone, full fine-tuning, random init (no checkpoint needed):
 # the adapter-free twin of the atto smoke config, and the target of tools/merge_backbone.py.
-_base_ = [
-    '_base_/models/mask-rcnn_convnextv2_fpn.py',
-    '_base_/datasets/coco_instance.py',
-    '_base_/schedules/schedule_1x_adamw.py',
-    '_base_/default_runtime.py',
-]
+_base_ = './_base_/mask-rcnn_convnextv2_fpn_1x_coco.py'
 
 model = dict(
     backbone=dict(arch='atto', drop_path_rate=0.1),

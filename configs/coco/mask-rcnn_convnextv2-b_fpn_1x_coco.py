@@ -2,12 +2,7 @@
 # Backbone weights: the official FCMAE-pretrained, ImageNet-1k fine-tuned ConvNeXt-V2-B
 # (an http(s) URL is downloaded once to $TORCH_HOME/hub/checkpoints; a local path works too,
 # as do the FCMAE file convnextv2_base_1k_224_fcmae.pt and timm .safetensors files).
-_base_ = [
-    '_base_/models/mask-rcnn_convnextv2_fpn.py',
-    '_base_/datasets/coco_instance.py',
-    '_base_/schedules/schedule_1x_adamw.py',
-    '_base_/default_runtime.py',
-]
+_base_ = './_base_/mask-rcnn_convnextv2_fpn_1x_coco.py'
 
 checkpoint_file = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_base_1k_224_ema.pt'
 

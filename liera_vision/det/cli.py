@@ -1,7 +1,9 @@
-"""The logic of ``tools/train_coco.py`` / ``tools/test_coco.py``: mmdet's ``tools/train.py`` / ``test.py`` flags.
+"""The logic of ``tools/train_coco.py`` / ``test_coco.py`` / ``merge_backbone.py``: mmdet's tools' flags.
 
-Both build an mmengine ``Runner`` from a config; the functions take ``argv`` so tests can call
-them in-process.
+Train and test build an mmengine ``Runner`` from a config; the ``*_main`` functions take ``argv``
+so tests can call them in-process, and raise. :func:`run` is what the scripts call: a user error
+(a bad path, config, ``--cfg-options`` value or checkpoint; ``ValueError`` / ``OSError``) becomes
+one line on stderr and exit status 1 (``LIERA_VISION_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
+import re
+import sys
+from collections.abc import Callable
 
 import torch
 from mmengine.config import Config, DictAction
@@ -20,22 +25,71 @@ from liera_vision.core import count_parameters
 
 CFG_OPTIONS_HELP = ("override settings of the config: key=value pairs merged into it, e.g. "
                     "train_cfg.max_epochs=24 'model.backbone.adapter.rank=32'; lists as key=\"[a,b]\"")
+# what the config machinery raises for a config or an option it cannot use (mmengine's Config,
+# its registries and the classes they build)
+CONFIG_ERRORS = (KeyError, TypeError, ValueError, AttributeError, AssertionError, SyntaxError, ImportError, OSError)
+
+
+def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    """Call ``main(argv)``; a user error exits with status 1 and one line ``<prog>: error: <message>`` on stderr."""
+    prog = osp.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "liera-vision"
+    try:
+        main(argv)
+    except (ValueError, OSError) as err:
+        if os.environ.get("LIERA_VISION_TRACEBACK"):
+            raise
+        sys.exit(f"{prog}: error: {one_line(err)}")
+
+
+def one_line(err: BaseException, limit: int = 600) -> str:
+    """The message of ``err`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    text = re.sub(r"\s+", " ", str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)).strip()
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class CfgOptionsAction(DictAction):
+    """mmengine's ``DictAction`` with a usage error (not a traceback) for an item that is not ``key=value``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values or []:
+            if "=" not in item or item.startswith("="):
+                parser.error(f"{option_string}: {item!r} is not key=value")
+        try:
+            super().__call__(parser, namespace, values, option_string)
+        except (ValueError, AssertionError) as err:
+            parser.error(f"{option_string}: cannot parse {' '.join(values)!r}: {one_line(err)}")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help=CFG_OPTIONS_HELP)
+    parser.add_argument("--cfg-options", nargs="+", action=CfgOptionsAction, help=CFG_OPTIONS_HELP)
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="job launcher (tools/dist_train.sh and dist_test.sh use 'pytorch' through torchrun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
+def read_config(path: str, cfg_options: dict | None = None) -> Config:
+    """``Config.fromfile(path)`` merged with ``--cfg-options``; ``ValueError`` / ``FileNotFoundError`` if it fails."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"config {path} does not exist")
+    try:
+        cfg = Config.fromfile(path)
+    except CONFIG_ERRORS as err:
+        raise ValueError(f"config {path}: {one_line(err)}") from err
+    if cfg_options:
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except CONFIG_ERRORS as err:
+            raise ValueError(f"--cfg-options {' '.join(f'{k}={v}' for k, v in cfg_options.items())}: "
+                             f"{one_line(err, 300)}") from err
+    return cfg
+
+
 def _load_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f"config {args.config} does not exist")
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:  # CLI > config > ./work_dirs/<config name>
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
@@ -49,7 +103,12 @@ def _build_runner(cfg: Config) -> Runner:
     from mmdet.utils import setup_cache_size_limit_of_dynamo
 
     setup_cache_size_limit_of_dynamo()
-    return Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    if "runner_type" not in cfg:  # reads mmengine's checkpoints under torch >= 2.6, refuses ones that do not fit
+        cfg.runner_type = "CheckedRunner"
+    try:  # builds the model (and the registries' classes): errors here come from the config
+        return RUNNERS.build(cfg)
+    except (KeyError, TypeError, AttributeError, AssertionError) as err:
+        raise ValueError(f"config {cfg.filename}: cannot build the runner: {one_line(err)}") from err
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -131,7 +190,7 @@ def merge_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="the (adapted) config the checkpoint was trained with")
     parser.add_argument("checkpoint", help="trained checkpoint (e.g. work_dirs/<config>/epoch_12.pth)")
     parser.add_argument("out", help="output checkpoint path (.pth)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help=CFG_OPTIONS_HELP)
+    parser.add_argument("--cfg-options", nargs="+", action=CfgOptionsAction, help=CFG_OPTIONS_HELP)
     return parser
 
 
@@ -139,8 +198,10 @@ def merge_main(argv: list[str] | None = None):
     from .merge import merge_backbone
 
     args = merge_parser().parse_args(argv)
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f"config {args.config} does not exist")
+    cfg = read_config(args.config, args.cfg_options)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
-    return merge_backbone(args.config, args.checkpoint, args.out, cfg_options=args.cfg_options)
+    try:
+        return merge_backbone(cfg, args.checkpoint, args.out)
+    except (KeyError, TypeError, AttributeError, AssertionError) as err:  # building the config's model
+        raise ValueError(f"config {args.config}: cannot build the model: {one_line(err)}") from err

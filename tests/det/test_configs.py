@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from liera_vision.models import ARCHS
 from .conftest import ATTO_LIERA, ATTO_PLAIN, B_CONFIGS, CONFIGS, load_config
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.py"))
-# REFERENCE.md §1: kernel-factorization adapter parameters per unit of rank, convnextv2_base
+# the paper's count of kernel-factorization adapter parameters per unit of rank, convnextv2_base (docs/coco.md)
 BASE_PER_RANK = 898_964
 BASE_OUT_NORMS = 2 * sum(ARCHS["base"][1])  # LayerNorm weight + bias per returned stage
 
@@ -33,15 +34,67 @@ def test_config_structure(path):
     assert cfg.model.type == "MaskRCNN" and cfg.model.backbone.type == "LieRAConvNeXt"
     assert cfg.model.neck.in_channels == list(ARCHS[cfg.model.backbone.arch][1])
     for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
-        assert evaluator.type == "CocoMetric" and evaluator.metric == ["bbox", "segm"]
+        assert evaluator.metric == ["bbox", "segm"]
     assert cfg.train_cfg.max_epochs == 12 and cfg.param_scheduler[1].milestones == [8, 11]
     assert cfg.optim_wrapper.optimizer.type == "AdamW"
     assert cfg.optim_wrapper.constructor == "LearningRateDecayOptimizerConstructor"
+    assert cfg.runner_type == "CheckedRunner"
+    for split in ("train", "val", "test"):
+        assert cfg[f"{split}_dataloader"].dataset.type == "CheckedCocoDataset"
+    assert cfg.val_evaluator.type == cfg.test_evaluator.type == "CheckedCocoMetric"
+    assert _plain(cfg.default_hooks.checkpoint.to_dict()) == dict(type="CheckpointHook", interval=1, max_keep_ckpts=3,
+                                                                  save_best="auto")
     init_cfg = cfg.model.backbone.get("init_cfg")
     if "atto" in path.name:
         assert init_cfg is None  # smoke configs run without any checkpoint
     else:
         assert init_cfg.checkpoint.endswith("/convnextv2_base_1k_224_ema.pt")
+
+
+MMDET_BASES = ("models/mask-rcnn_r50_fpn.py", "datasets/coco_instance.py", "schedules/schedule_1x.py",
+               "default_runtime.py")
+
+
+def _plain(value):
+    """A config value as plain data, without mmengine's scope markers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != "_scope_"}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.stem)
+def test_configs_are_mmdetection_bases_plus_what_differs(path):
+    """Everything but the documented overrides is MMDetection's own Mask R-CNN / COCO / 1x / runtime."""
+    import mmdet as mmdet_package
+    from mmengine.config import Config
+
+    bases = Path(mmdet_package.__file__).parent / ".mim" / "configs" / "_base_"  # what mmdet:: resolves to
+    ours = _plain(load_config(path).to_dict())
+    mmdet = {}
+    for base in MMDET_BASES:
+        mmdet.update(_plain(Config.fromfile(str(bases / base)).to_dict()))
+    model, base_model = ours.pop("model"), mmdet.pop("model")
+    assert model.pop("backbone")["type"] == "LieRAConvNeXt" and base_model.pop("backbone")["type"] == "ResNet"
+    assert model["neck"].pop("in_channels") == list(ARCHS[load_config(path).model.backbone.arch][1])
+    base_model["neck"].pop("in_channels")
+    assert model == base_model  # heads, losses, train / test settings, data preprocessor
+    for split in ("train", "val", "test"):
+        assert ours[f"{split}_dataloader"]["dataset"].pop("type") == "CheckedCocoDataset"
+        mmdet[f"{split}_dataloader"]["dataset"].pop("type")
+    for split in ("val", "test"):
+        assert ours[f"{split}_evaluator"].pop("type") == "CheckedCocoMetric"
+        mmdet[f"{split}_evaluator"].pop("type")
+    optim, base_optim = ours.pop("optim_wrapper"), mmdet.pop("optim_wrapper")
+    assert optim["optimizer"] == dict(type="AdamW", lr=1e-4, betas=[0.9, 0.999], weight_decay=0.05)
+    assert optim["type"] == base_optim["type"] == "OptimWrapper"
+    checkpoint_hook = ours["default_hooks"].pop("checkpoint")
+    assert checkpoint_hook == {**mmdet["default_hooks"].pop("checkpoint"), "max_keep_ckpts": 3, "save_best": "auto"}
+    own = {"custom_imports", "runner_type", "checkpoint_file", "dataset_type"}
+    for key in sorted(set(mmdet) - own):  # pipelines, data roots, schedule, hooks, runtime
+        assert ours[key] == mmdet[key], key
+    assert set(ours) - set(mmdet) <= own
 
 
 def _expected_trainable(name: str) -> int:
@@ -108,15 +161,15 @@ def test_layer_decay_groups_for_adapter_parameters():
     assert cfg.optim_wrapper.paramwise_cfg.num_layers == num_layers
     model, groups = _groups(cfg)
     expected = {
-        "backbone.downsample_layers.0.0.lora_A": 0,
-        "backbone.stages.0.1.conv_dw.lora_B": 1,
-        "backbone.downsample_layers.1.1.lora_A": 2,
-        "backbone.stages.1.0.conv_dw.lora_A": 2,
-        "backbone.downsample_layers.2.1.lora_B": 3,
-        "backbone.stages.2.2.conv_dw.lora_A": 3,
-        "backbone.stages.2.3.conv_dw.lora_B": 4,
-        "backbone.downsample_layers.3.1.lora_A": 5,
-        "backbone.stages.3.1.conv_dw.lora_A": 5,
+        "backbone.downsample_layers.0.0.lora_A.default": 0,
+        "backbone.stages.0.1.conv_dw.lora_B.default": 1,
+        "backbone.downsample_layers.1.1.lora_A.default": 2,
+        "backbone.stages.1.0.conv_dw.lora_A.default": 2,
+        "backbone.downsample_layers.2.1.lora_B.default": 3,
+        "backbone.stages.2.2.conv_dw.lora_A.default": 3,
+        "backbone.stages.2.3.conv_dw.lora_B.default": 4,
+        "backbone.downsample_layers.3.1.lora_A.default": 5,
+        "backbone.stages.3.1.conv_dw.lora_A.default": 5,
         "backbone.norm0.weight": 6,
         "backbone.norm3.bias": 6,
         "neck.lateral_convs.0.conv.weight": 6,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
 import torch
 
-from liera_vision.core import adapter_layers
+from liera_vision.core import AdapterConfig, adapter_layers
 from liera_vision.det import cli
 
 from .conftest import ATTO_LIERA, ATTO_PLAIN, load_config
@@ -23,7 +24,7 @@ def _trained_adapted_checkpoint(path):
     model.init_weights()
     with torch.no_grad():
         for layer in adapter_layers(model.backbone).values():
-            layer.lora_B.normal_(0.0, 0.5)
+            layer.lora_B["default"].normal_(0.0, 0.5)
     torch.save({"meta": {"epoch": 12, "dataset_meta": {"classes": ("person",)}}, "state_dict": model.state_dict()},
                path)
     return model
@@ -41,7 +42,8 @@ def test_merged_checkpoint_predicts_the_same_boxes_and_masks(tiny_options, tmp_p
     cli.merge_main([str(ATTO_LIERA), str(adapted_ckpt), str(merged_ckpt)])
 
     merged = torch.load(merged_ckpt, map_location="cpu", weights_only=True)  # tensors and builtins only
-    assert merged["meta"]["merged_adapter"]["method"] == "liera" and merged["meta"]["epoch"] == 12
+    assert AdapterConfig.from_dict(merged["meta"]["merged_adapter"]).name == "liera-taylor-r16"
+    assert merged["meta"]["epoch"] == 12
     from mmdet.registry import MODELS
 
     plain_keys = set(MODELS.build(load_config(ATTO_PLAIN).model).state_dict())
@@ -81,8 +83,36 @@ def test_checkpoint_of_another_config_is_named(tmp_path):
 
     path = tmp_path / "plain.pth"
     torch.save({"state_dict": MODELS.build(load_config(ATTO_PLAIN).model).state_dict()}, path)
-    message = (r"plain\.pth does not match .*liera-r16-convnextv2-atto_fpn_1x_coco\.py: 64 missing keys "
+    message = (r"plain\.pth does not match .*liera-r16-convnextv2-atto_fpn_1x_coco\.py: 80 missing keys "
                r"\['backbone\.downsample_layers\.0\.0\.base_layer\.bias', .*\], 32 unexpected keys")
     with pytest.raises(ValueError, match=message):
         cli.merge_main([str(ATTO_LIERA), str(path), str(tmp_path / "out.pth")])
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_merged_file_is_atomic_with_the_usual_permissions(tmp_path):
+    """The one atomic-write helper: no temporary file left, mode 0666 & ~umask (mkstemp alone gives 0600)."""
+    adapted_ckpt, out = tmp_path / "adapted.pth", tmp_path / "out" / "merged.pth"
+    _trained_adapted_checkpoint(adapted_ckpt)
+    old = os.umask(0o027)
+    try:
+        path = cli.merge_main([str(ATTO_LIERA), str(adapted_ckpt), str(out)])
+    finally:
+        os.umask(old)
+    assert path == out and os.stat(out).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in out.parent.iterdir()) == ["merged.pth"]
+    merged = torch.load(out, map_location="cpu", weights_only=True)
+    assert "backbone.stages.2.1.conv_dw.weight" in merged["state_dict"]
+    assert not any("lora_" in k or "base_layer" in k for k in merged["state_dict"])
+
+
+def test_a_failed_merge_leaves_the_output_untouched(tmp_path):
+    from mmdet.registry import MODELS
+
+    plain, out = tmp_path / "plain.pth", tmp_path / "merged.pth"
+    torch.save({"state_dict": MODELS.build(load_config(ATTO_PLAIN).model).state_dict()}, plain)
+    out.write_bytes(b"previous result")
+    with pytest.raises(ValueError, match=r"plain\.pth does not match"):
+        cli.merge_main([str(ATTO_LIERA), str(plain), str(out)])
+    assert out.read_bytes() == b"previous result" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "merged.pth", "plain.pth"]
