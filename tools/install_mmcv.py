@@ -8,11 +8,16 @@ which the headers of torch >= 2.10 reject (they need C++20). This script:
 2. else installs a wheel we built earlier, cached outside the repository under
    ``$LIERA_VISION_CACHE/wheels`` (default ``~/.cache/liera-vision/wheels``) and keyed by
    interpreter, platform, torch version and op flavour (cpu / cuda);
-3. else downloads the sdist from the package index (sha256-pinned), patches the C++ standard
-   flag only when the installed torch requires C++20, builds a wheel (CUDA ops when ``nvcc`` and
-   a GPU torch with a visible GPU are present, CPU ops otherwise), stores it in the cache and
-   installs it;
+3. else fetches the sdist with ``pip download`` (so the index, mirror, proxy and certificate
+   settings of the user's pip configuration apply; sha256-pinned through pip's hash checking),
+   patches the C++ standard flag only when the installed torch requires C++20, builds a wheel with
+   ``pip wheel`` (CUDA ops when ``nvcc`` and a GPU torch with a visible GPU are present, CPU ops
+   otherwise), stores it in the cache and installs it with pip (mmcv's own requirements come from
+   the wheel's metadata, so a ``PIP_CONSTRAINT`` / ``-c`` lock applies to them);
 4. finally checks ``from mmcv.ops import RoIAlign, nms`` and runs a tiny CPU ``nms``.
+
+Only what pip cannot do lives here: the C++ standard patch, the wheel cache keyed by torch version
+and op flavour, the build progress / log, and the check.
 
 Run it with the interpreter of the environment to install into, e.g.
 ``.venv/bin/python tools/install_mmcv.py``; ``--check`` only verifies.
@@ -32,13 +37,11 @@ import sysconfig
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 MMCV_VERSION = "2.1.0"
 SDIST_NAME = f"mmcv-{MMCV_VERSION}.tar.gz"
 SDIST_SHA256 = "d387bcab66b467479b6660310e23746cfc79c6e57acf04094680adb499a5cd3f"
-DEFAULT_INDEX = "https://pypi.org/simple"
 
 VERIFY_SNIPPET = r"""
 import torch
@@ -114,40 +117,43 @@ def check_toolchain() -> None:
                            f"'apt-get install python{sys.version_info.major}.{sys.version_info.minor}-dev'.")
 
 
-def index_url() -> str:
-    url = os.environ.get("PIP_INDEX_URL")
-    if not url:
-        proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-                              capture_output=True, text=True)
-        url = proc.stdout.strip() if proc.returncode == 0 else ""
-    return (url or DEFAULT_INDEX).rstrip("/")
-
-
 def download_sdist(dest: Path) -> Path:
+    """``dest/mmcv-2.1.0.tar.gz``: reused when present and intact, else fetched by ``pip download``.
+
+    pip does the network part with the user's configuration (``PIP_INDEX_URL``, ``pip.conf``, proxies,
+    mirrors) and refuses a file whose sha256 is not ``SDIST_SHA256`` (hash-checking mode); ``--no-binary``
+    keeps a wheel index from answering with a binary. Raises ``InstallError`` naming pip's complaint.
+    """
     target = dest / SDIST_NAME
     if target.is_file() and sha256(target) == SDIST_SHA256:
         return target
-    url = f"{index_url()}/mmcv/"
-    log(f"looking up {SDIST_NAME} on {url}")
-    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            files = json.load(resp)["files"]
-    except Exception as err:
-        raise InstallError(f"could not read the package index at {url} ({err}). Set PIP_INDEX_URL to a "
-                           f"reachable index, or put {SDIST_NAME} into {dest} by hand.") from err
-    matches = [f for f in files if f["filename"] == SDIST_NAME]
-    if not matches:
-        raise InstallError(f"{SDIST_NAME} is not listed on {url}")
-    log(f"downloading {matches[0]['url']}")
-    tmp = target.with_suffix(".part")
-    with urllib.request.urlopen(matches[0]["url"], timeout=300) as resp, open(tmp, "wb") as fh:
-        shutil.copyfileobj(resp, fh)
-    got = sha256(tmp)
-    if got != SDIST_SHA256:
-        tmp.unlink()
-        raise InstallError(f"{SDIST_NAME}: sha256 {got} does not match the pinned {SDIST_SHA256}")
-    tmp.replace(target)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mmcv-sdist-") as tmp:
+        requirement = Path(tmp) / "requirements.txt"
+        requirement.write_text(f"mmcv=={MMCV_VERSION} --hash=sha256:{SDIST_SHA256}\n")
+        download_dir = Path(tmp) / "download"
+        # --no-build-isolation: pip reads the sdist's metadata with this environment's setuptools (nothing is
+        # built here). MMCV_WITH_OPS=1: with 0, mmcv's setup.py calls itself "mmcv-lite" and pip rejects it.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "mmcv",
+               "--no-build-isolation", "-d", str(download_dir), "-r", str(requirement)]
+        log(f"fetching {SDIST_NAME} with pip download (your pip index settings apply)")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, MMCV_WITH_OPS="1"))
+        if proc.returncode != 0:
+            said = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+            raise InstallError(f"pip could not download {SDIST_NAME} (exit {proc.returncode}); pip said:\n{said}\n"
+                               "pip uses your index configuration (PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, pip.conf, "
+                               f"proxy settings). Fix that, or put {SDIST_NAME} (sha256 {SDIST_SHA256}) into "
+                               f"{dest} by hand.")
+        got = download_dir / SDIST_NAME
+        if not got.is_file():
+            found = sorted(p.name for p in download_dir.iterdir()) if download_dir.is_dir() else []
+            raise InstallError(f"pip download finished but left {found} instead of {SDIST_NAME}")
+        digest = sha256(got)  # pip checked it already; a second look costs nothing
+        if digest != SDIST_SHA256:
+            raise InstallError(f"{SDIST_NAME}: sha256 {digest} does not match the pinned {SDIST_SHA256}")
+        part = target.with_name(target.name + ".part")
+        shutil.copyfile(got, part)
+        part.replace(target)
     return target
 
 
@@ -178,7 +184,10 @@ def build_wheel(info: dict, flavour: str, out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="mmcv-build-") as tmp:
         sdist = download_sdist(cache_root())
         with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links out of tmp
+                tar.extractall(tmp, filter="data")
+            else:  # pragma: no cover - older patch releases; the sdist's sha256 was checked above
+                tar.extractall(tmp)
         src = Path(tmp) / f"mmcv-{MMCV_VERSION}"
         if info["needs_cxx20"]:
             n = patch_cxx_standard(src / "setup.py")
@@ -219,11 +228,11 @@ def build_wheel(info: dict, flavour: str, out_dir: Path) -> Path:
 
 def install_wheel(wheel: Path) -> None:
     log(f"installing {wheel}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(wheel)],
-                   check=True)
-    # mmcv's runtime requirements (not torch: that is ours to pin)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "addict", "mmengine>=0.3.0", "numpy",
-                    "packaging", "Pillow", "pyyaml", "yapf", "opencv-python>=3"], check=True)
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    # replace a broken mmcv 2.1.0 in place, then let pip add the wheel's own requirements (addict, mmengine,
+    # numpy, opencv-python, ...; not torch) under whatever constraints the caller set (PIP_CONSTRAINT)
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", str(wheel)], check=True)
+    subprocess.run([*pip, str(wheel)], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:

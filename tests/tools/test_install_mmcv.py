@@ -1,15 +1,22 @@
-"""tools/install_mmcv.py: cache keys, the C++ standard patch, integrity and toolchain errors, the check."""
+"""tools/install_mmcv.py: cache keys, the C++ standard patch, the sdist fetched through pip, errors, the check.
+
+The pip tests run the real ``pip download`` offline: a pip configuration file that names only a local
+folder (``no-index`` + ``find-links``) serves a stand-in ``mmcv-2.1.0.tar.gz`` of a few hundred bytes.
+"""
 
 from __future__ import annotations
 
-import http.server
+import hashlib
 import importlib.util
-import json
+import io
+import os
+import re
 import sys
-import threading
+import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +38,9 @@ def test_cxx_patch_only_touches_the_standard_flag(installer, tmp_path):
 
 def test_torch_here_requires_cxx20_and_cache_key_names_it(installer, monkeypatch, tmp_path):
     info = installer.torch_info()
-    assert info["needs_cxx20"]  # torch 2.14 headers: "C++20 or later compatible compiler is required"
+    # torch >= 2.10 headers: "C++20 or later compatible compiler is required"; torch 2.1 (docker) builds as C++17
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    assert info["needs_cxx20"] == ((major, minor) >= (2, 10)) and info["version"] == torch.__version__
     monkeypatch.setenv("LIERA_VISION_CACHE", str(tmp_path))
     key = installer.cache_dir_for(info, "cpu")
     assert key.parent == tmp_path / "wheels"
@@ -51,48 +60,92 @@ def test_missing_compiler_and_headers_are_explained(installer, monkeypatch, tmp_
         installer.check_toolchain()
 
 
-def test_sdist_with_a_wrong_hash_is_rejected(installer, monkeypatch, tmp_path):
-    """A local index serving a tampered sdist: the download is refused and nothing is left behind."""
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / installer.SDIST_NAME).write_bytes(b"not the real mmcv")
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
-
-        def do_GET(self):
-            if self.path.startswith("/simple/mmcv/"):
-                url = f"http://127.0.0.1:{self.server.server_port}/{installer.SDIST_NAME}"
-                body = json.dumps({"files": [{"filename": installer.SDIST_NAME, "url": url}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
-                self.end_headers()
-                self.wfile.write(body)
-            else:
-                super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
-        dest = tmp_path / "cache"
-        dest.mkdir()
-        with pytest.raises(installer.InstallError, match=r"sha256 .* does not match the pinned"):
-            installer.download_sdist(dest)
-        assert list(dest.iterdir()) == []
-    finally:
-        server.shutdown()
+def fake_sdist(folder: Path, name: str = "mmcv", version: str = "2.1.0") -> Path:
+    """A minimal, real sdist ``mmcv-2.1.0.tar.gz`` (setup.py + PKG-INFO) that pip can read the metadata of."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"mmcv-{version}.tar.gz"
+    files = {
+        "setup.py": f"from setuptools import setup\nsetup(name={name!r}, version={version!r})\n",
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for filename, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"mmcv-{version}/{filename}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
 
 
-def test_unreachable_index_is_explained(installer, monkeypatch, tmp_path):
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    with pytest.raises(installer.InstallError, match=r"could not read the package index .*PIP_INDEX_URL"):
-        installer.download_sdist(tmp_path)
+@pytest.fixture
+def local_pip_index(monkeypatch, tmp_path):
+    """pip configured, through a pip.conf like a user's, to see only ``tmp_path/index`` (no network)."""
+    for key in list(os.environ):
+        if key.startswith("PIP_"):
+            monkeypatch.delenv(key)
+    index = tmp_path / "index"
+    index.mkdir()
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nno-index = true\nfind-links = {index}\ndisable-pip-version-check = true\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    return index
+
+
+def test_sdist_is_fetched_through_pip_with_the_users_index_settings(installer, local_pip_index, monkeypatch,
+                                                                     tmp_path):
+    served = fake_sdist(local_pip_index)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    monkeypatch.setattr(installer, "SDIST_SHA256", digest)
+    dest = tmp_path / "cache"
+    got = installer.download_sdist(dest)
+    assert got == dest / "mmcv-2.1.0.tar.gz" and got.read_bytes() == served.read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == ["mmcv-2.1.0.tar.gz"]  # no .part left behind
+
+    # an intact cached sdist is reused without asking pip again
+    def no_pip(*args, **kwargs):
+        raise AssertionError(f"pip was called: {args}")
+
+    monkeypatch.setattr(installer.subprocess, "run", no_pip)
+    assert installer.download_sdist(dest) == got
+
+
+def test_sdist_with_a_wrong_hash_is_rejected_by_pip(installer, local_pip_index, tmp_path):
+    """A tampered sdist on the index: pip's hash check refuses it and nothing is left in the cache."""
+    fake_sdist(local_pip_index)  # its sha256 is not the pinned one
+    dest = tmp_path / "cache"
+    with pytest.raises(installer.InstallError) as err:
+        installer.download_sdist(dest)
+    message = str(err.value)
+    assert "pip could not download mmcv-2.1.0.tar.gz" in message
+    assert "DO NOT MATCH THE HASHES" in message and installer.SDIST_SHA256 in message
+    assert list(dest.iterdir()) == []
+
+
+def test_unreachable_package_is_explained(installer, local_pip_index, tmp_path):
+    """Nothing on the configured index: the error carries pip's reason and says what to do."""
+    with pytest.raises(installer.InstallError) as err:
+        installer.download_sdist(tmp_path / "cache")
+    message = str(err.value)
+    assert re.search(r"No matching distribution found for mmcv==2\.1\.0", message)
+    assert "PIP_INDEX_URL" in message and "by hand" in message
+
+
+def test_no_package_index_host_in_code():
+    """pip finds packages (the user's configuration applies); no Python or shell file names an index host.
+
+    The Dockerfile's OpenMMLab wheel index (a `-f` for prebuilt CUDA wheels) is the one exception.
+    """
+    hosts = re.compile(r"pypi\.org|pythonhosted\.org|openmmlab\.com|download\.pytorch\.org|/simple/?[\"' ]")
+    skip = {".venv", ".git", "build", "dist", "runs", "work_dirs", "__pycache__", ".pytest_cache", ".ruff_cache"}
+    files = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip]  # prune: never walk into a venv
+        here = Path(folder)
+        files += [here / n for n in names if Path(n).suffix in (".py", ".sh") or here.name in ("tools", ".ci")]
+    assert ROOT / "tools" / "install_mmcv.py" in files and ROOT / ".ci" / "run" in files
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in files
+                 for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if hosts.search(line)]
+    assert not offenders, offenders
 
 
 @pytest.mark.slow  # loads the compiled mmcv ops
