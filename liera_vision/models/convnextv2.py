@@ -1,14 +1,22 @@
-"""ConvNeXt-V2 over timm: a registry of sizes, construction, and checkpoint loading / conversion.
+"""ConvNeXt-V2 over timm: a registry of sizes, construction, and checkpoint loading.
 
 Checkpoints load from
 
 * a timm pretrained tag (``pretrained="fcmae_ft_in22k_in1k"``; needs the Hugging Face hub);
 * a local timm-format file (``stem.0.weight``, ``stages.0.blocks.0.conv_dw.weight`` …);
 * an official ConvNeXt-V2 checkpoint (weights under ``model``; ``downsample_layers.*``,
-  ``stages.i.j.dwconv``, ``pwconv1/2``, ``grn.gamma/beta`` of shape ``(1, 1, 1, 4C)``);
-* an FCMAE pre-training checkpoint (``encoder.`` prefix, MinkowskiEngine ``kernel`` tensors,
-  ``ln`` / ``linear`` wrappers; decoder, mask-token, ``proj`` and ``pred`` keys dropped) —
-  the conversion of the official ``remap_checkpoint_keys``.
+  ``stages.i.j.dwconv``, ``pwconv1/2``, ``grn.gamma/beta`` stored as ``(1, 1, 1, C)`` by
+  ``models/convnextv2.py`` of facebookresearch/ConvNeXt-V2, or ``(1, C)`` as in the released
+  FCMAE pre-training files);
+* an FCMAE pre-training checkpoint: the official names, optionally under ``encoder.`` in the
+  sparse layout of ``models/convnextv2_sparse.py`` (MinkowskiEngine ``kernel`` tensors,
+  ``ln`` / ``linear`` wrappers), with the pre-training parts (``decoder``, ``mask_token``,
+  ``proj``, ``pred``; ``models/fcmae.py``) present or not.
+
+The official → timm renaming and reshaping is timm's own ``checkpoint_filter_fn``
+(``timm/models/convnext.py``). This module adds only what timm lacks: the pre-training keys are
+dropped (and reported, as ``main_finetune.py`` of ConvNeXt-V2 drops them), and the sparse
+``encoder.`` layout is made dense (``remap_checkpoint_keys`` in ConvNeXt-V2's ``utils.py``).
 
 Files are read with safetensors or ``torch.load(weights_only=True)``: a pickle that would run
 code is refused unless ``allow_pickle=True`` says the file is trusted.
@@ -19,13 +27,18 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-# arch -> (depths, dims); REFERENCE.md §3
+from liera_vision.errors import CheckpointWarning
+
+# arch -> (depths, dims): convnextv2_atto … convnextv2_huge of models/convnextv2.py in facebookresearch/ConvNeXt-V2
+# (timm's convnextv2_* use the same)
 ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
     "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
@@ -36,12 +49,9 @@ ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
     "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
-# official checkpoint names (dl.fbaipublicfiles.com/convnext/convnextv2/...), for reference in docs / errors
-OFFICIAL_FILES = {
-    "fcmae": "convnextv2_{arch}_1k_224_fcmae.pt",
-    "ft_in1k": "convnextv2_{arch}_1k_224_ema.pt",
-    "ft_in22k_in1k": "convnextv2_{arch}_22k_224_ema.pt",
-}
+
+# the FCMAE model's own parts besides its encoder (models/fcmae.py): never part of a ConvNeXt-V2
+PRETRAINING_KEY = re.compile(r"^(decoder|mask_token|proj|pred)(\.|$)")
 
 
 def arch_name(arch: str) -> str:
@@ -52,12 +62,15 @@ def arch_name(arch: str) -> str:
     return short
 
 
-def create_convnextv2(arch: str = "atto", num_classes: int = 1000, *, pretrained: str | None = None,
-                      checkpoint: str | os.PathLike | None = None, allow_pickle: bool = False,
-                      **timm_kwargs) -> nn.Module:
-    """A timm ConvNeXt-V2, random-initialised unless ``pretrained`` (a timm tag) or ``checkpoint`` is given.
+def build_convnextv2(arch: str = "atto", num_classes: int = 1000, *, pretrained: str | None = None,
+                     checkpoint: str | os.PathLike | None = None, allow_pickle: bool = False,
+                     **timm_kwargs) -> tuple[nn.Module, CheckpointReport | None]:
+    """A timm ConvNeXt-V2 and what loading ``checkpoint`` did (``None`` without a checkpoint).
 
-    ``timm_kwargs`` go to ``timm.create_model`` (``drop_path_rate``, ``img_size`` …).
+    Random-initialised unless ``pretrained`` (a timm tag) or ``checkpoint`` (a local file, see
+    :func:`load_checkpoint`) is given; ``timm_kwargs`` go to ``timm.create_model``
+    (``drop_path_rate``, ``img_size`` …). Errors: ``ValueError`` for an unknown arch or tag or a
+    checkpoint that does not fit, ``RuntimeError`` when the hub cannot be reached.
     """
     import timm
 
@@ -78,15 +91,25 @@ def create_convnextv2(arch: str = "atto", num_classes: int = 1000, *, pretrained
         raise RuntimeError(f"could not fetch the timm weights {name!r} from the Hugging Face hub "
                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Offline, download the file "
                            "elsewhere and pass checkpoint=PATH (official, FCMAE or timm format).") from err
-    if checkpoint is not None:
-        report = load_checkpoint(model, checkpoint, allow_pickle=allow_pickle)
-        model.checkpoint_report = report
-    return model
+    report = load_checkpoint(model, checkpoint, allow_pickle=allow_pickle) if checkpoint is not None else None
+    return model, report
+
+
+def create_convnextv2(arch: str = "atto", num_classes: int = 1000, *, pretrained: str | None = None,
+                      checkpoint: str | os.PathLike | None = None, allow_pickle: bool = False,
+                      **timm_kwargs) -> nn.Module:
+    """:func:`build_convnextv2` without the report: just the model."""
+    return build_convnextv2(arch, num_classes, pretrained=pretrained, checkpoint=checkpoint,
+                            allow_pickle=allow_pickle, **timm_kwargs)[0]
 
 
 # --- reading ----------------------------------------------------------------------------------
 def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (safetensors, or a torch file read with ``weights_only=True``)."""
+    """Tensors of a checkpoint file (safetensors, or a torch file read with ``weights_only=True``).
+
+    ``FileNotFoundError`` for a missing file; ``ValueError`` naming the file when it cannot be read
+    safely or holds no state dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -108,7 +131,7 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
 
 
 def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The tensor dict inside common containers (``model``, ``state_dict``, ``model_ema``)."""
+    """The tensor dict inside common containers (``model``, ``state_dict``, ``model_ema``; in that order)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_ema"):
             if key in obj and isinstance(obj[key], dict):
@@ -119,13 +142,25 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
     raise ValueError(f"{source}: expected a state dict (optionally under 'model' / 'state_dict'), found {kind}")
 
 
+def select_prefix(state: dict[str, torch.Tensor], prefix: str, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix``, prefix removed; ``'backbone'`` and ``'backbone.'`` mean the same
+    (as in mmengine's ``_load_checkpoint_with_prefix``). ``ValueError`` when no key starts with it."""
+    if not prefix:
+        return state
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not picked:
+        heads = sorted({k.split(".", 1)[0] + "." for k in state})
+        raise ValueError(f"{source}: prefix {prefix!r} matches no key; the checkpoint's keys start with "
+                         f"{heads[:10]}{' …' if len(heads) > 10 else ''}")
+    return picked
+
+
 # --- conversion -------------------------------------------------------------------------------
-FCMAE_DROP = re.compile(r"(^|\.)(decoder|mask_token|proj|pred)")
-
-
 def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
+    """``"fcmae"`` (pre-training parts or the ``encoder.`` layout), ``"official"``, ``"timm"`` or ``"unknown"``."""
     keys = list(state_dict)
-    if any(k.startswith("encoder.") for k in keys):
+    if any(k.startswith("encoder.") or PRETRAINING_KEY.match(k) for k in keys):
         return "fcmae"
     if any(k.startswith("downsample_layers.") for k in keys):
         return "official"
@@ -134,12 +169,24 @@ def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
     return "unknown"
 
 
+def split_pretraining_keys(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(the encoder's tensors, the sorted FCMAE decoder / mask-token / projection / prediction keys)."""
+    dropped = sorted(k for k in state_dict if PRETRAINING_KEY.match(k))
+    return {k: v for k, v in state_dict.items() if not PRETRAINING_KEY.match(k)}, dropped
+
+
 def fcmae_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The official ``remap_checkpoint_keys``: FCMAE (sparse) encoder → dense ConvNeXt-V2 names."""
+    """The sparse ``encoder.`` layout → dense official names (``remap_checkpoint_keys``, ConvNeXt-V2 ``utils.py``).
+
+    ``encoder.`` is removed, MinkowskiEngine kernels ``(k*k, in, out)`` / depthwise ``(k*k, C)``
+    become conv weights, ``ln`` / ``linear`` wrappers are unwrapped. Keys outside ``encoder.`` pass
+    unchanged; 2-D biases and GRN parameters are left to timm's filter (it reshapes them).
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        if not key.startswith("encoder.") or FCMAE_DROP.search(key.removeprefix("encoder.")):
-            continue  # decoder, mask token, projection and prediction heads
+        if not key.startswith("encoder."):
+            out[key] = value
+            continue
         key = key.removeprefix("encoder.")
         if key.endswith(".kernel"):  # MinkowskiEngine kernels: (k*k, in, out) or depthwise (k*k, dim)
             key = key.removesuffix(".kernel") + ".weight"
@@ -154,117 +201,74 @@ def fcmae_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
             if len(parts) >= 2 and parts[-2] in ("ln", "linear"):
                 key = ".".join(parts[:-2] + parts[-1:])
         out[key] = value.contiguous()
-    for key, value in out.items():
-        if key.endswith("bias") and value.dim() != 1 and "grn" not in key:
-            out[key] = value.reshape(-1)
-        elif "grn" in key:
-            out[key] = value.reshape(1, 1, 1, -1)
     return out
 
 
-def to_timm(state_dict: dict[str, torch.Tensor], model: nn.Module,
-            source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], str, list[str]]:
-    """Convert any supported layout to timm names.
+class _Shapes:
+    """What timm's filter reads of a model (``model.state_dict()[k].shape``), computed once."""
 
-    Returns the converted dict, the detected format and the source keys that have no
-    counterpart in ``model`` and could not be converted.
+    def __init__(self, model: nn.Module) -> None:
+        self._state = model.state_dict()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+class Conversion(NamedTuple):
+    state: dict[str, torch.Tensor]  # timm names
+    format: str
+    unplaced: list[str]  # source keys timm's filter could not place in the model
+    dropped: list[str]  # FCMAE pre-training keys and the heads timm's filter discards, dropped on purpose
+
+
+def to_timm(state_dict: dict[str, torch.Tensor], model: nn.Module, source: str = "checkpoint") -> Conversion:
+    """Convert any supported layout to ``model``'s timm names.
+
+    Official names go through timm's ``checkpoint_filter_fn`` one tensor at a time: it looks up
+    the model's shape for 2-D tensors, so a tensor the model lacks lands in ``unplaced`` instead
+    of crashing the filter. ``ValueError`` naming the key for a tensor whose size does not fit
+    (wrong arch) and for two source tensors that map to one model tensor.
     """
     from timm.models.convnext import checkpoint_filter_fn
 
     fmt = detect_format(state_dict)
-    if fmt == "fcmae":
-        state_dict = fcmae_to_official(state_dict)
-    if fmt in ("fcmae", "official"):
-        # timm's converter looks up the model's shape for 2-D pointwise weights: keys the model
-        # lacks (wrong arch) would crash it, so they are set aside and reported as unexpected
-        model_keys = model.state_dict()
-        orphans = [k for k, v in state_dict.items() if _needs_model_key(k, v, model_keys, source)]
-        safe = {k: v for k, v in state_dict.items() if k not in orphans}
-        return checkpoint_filter_fn(safe, model), fmt, orphans
-    return dict(state_dict), fmt, []
+    if fmt not in ("fcmae", "official"):
+        return Conversion(dict(state_dict), fmt, [], [])
+    state, dropped = split_pretraining_keys(state_dict)
+    state = fcmae_to_official(state)
+    shapes = _Shapes(model)
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unplaced = []
+    for key, value in state.items():
+        try:
+            mapped = checkpoint_filter_fn({key: value}, shapes)
+        except KeyError:  # a 2-D tensor whose timm name the model does not have
+            unplaced.append(key)
+            continue
+        except RuntimeError as err:  # reshape to the model's shape failed: sizes differ
+            name = next(iter(checkpoint_filter_fn({key: value.flatten()}, shapes)))  # 1-D: renamed, no lookup
+            raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)} in the checkpoint but the model's "
+                             f"'{name}' has {tuple(shapes.state_dict()[name].shape)} (wrong arch?)") from err
+        if not mapped:
+            dropped.append(key)  # heads timm's filter discards itself (e.g. EUPE projectors)
+        for new, tensor in mapped.items():
+            if new in out:
+                raise ValueError(f"{source}: '{origin[new]}' and '{key}' both map to the model's '{new}'; "
+                                 "the checkpoint mixes two layouts")
+            out[new], origin[new] = tensor, key
+    return Conversion(out, fmt, unplaced, sorted(dropped))
 
 
-def _needs_model_key(key: str, value: torch.Tensor, model_keys, source: str) -> bool:
-    """True for 2-D official tensors whose timm counterpart does not exist (would crash timm's filter)."""
-    if value.dim() != 2 or "head" in key:
-        return False
-    k = key.replace("downsample_layers.0.", "stem.")
-    k = re.sub(r"stages.([0-9]+).([0-9]+)", r"stages.\1.blocks.\2", k)
-    k = re.sub(r"downsample_layers.([0-9]+).([0-9]+)", r"stages.\1.downsample.\2", k)
-    k = k.replace("dwconv", "conv_dw").replace("pwconv", "mlp.fc")
-    if k in model_keys and model_keys[k].numel() != value.numel():
-        raise ValueError(f"{source}: '{k}' has shape {tuple(value.shape)} in the checkpoint but "
-                         f"{tuple(model_keys[k].shape)} in the model (wrong arch?)")
-    return k not in model_keys
+def timm_to_official(model: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ConvNeXt-V2 names and shapes for a timm model or state dict: the inverse of timm's filter.
 
-
-@dataclass
-class CheckpointReport:
-    source: str
-    format: str
-    loaded: list[str] = field(default_factory=list)
-    missing_keys: list[str] = field(default_factory=list)
-    unexpected_keys: list[str] = field(default_factory=list)
-    skipped_head: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"{self.source}: {self.format} checkpoint, {len(self.loaded)} tensors loaded"]
-        for label, keys in (("missing", self.missing_keys), ("unexpected", self.unexpected_keys),
-                            ("skipped (classifier shape differs)", self.skipped_head)):
-            if keys:
-                lines.append(f"  {label} ({len(keys)}): {', '.join(keys[:10])}{' …' if len(keys) > 10 else ''}")
-        return "\n".join(lines)
-
-
-def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | dict, *, allow_pickle: bool = False,
-                    prefix: str = "") -> CheckpointReport:
-    """Load a timm / official / FCMAE checkpoint into a timm ConvNeXt-V2 (``prefix`` selects a submodule's keys).
-
-    Classifier tensors (``head.fc.*``) whose shape differs are skipped and reported (a 1000-class
-    checkpoint into a 100-class model). Any other shape mismatch raises ``ValueError`` naming the
-    key; so does a checkpoint that matches no key, or one missing backbone tensors.
+    GRN parameters come out as ``(1, 1, 1, C)`` and the MLP weights as ``nn.Linear`` ``(out, in)``,
+    as in ``models/convnextv2.py`` of ConvNeXt-V2. For writing official-layout files (tests, tools).
     """
-    if isinstance(path_or_state, dict):
-        source, state = "state dict", unwrap_state_dict(path_or_state)
-    else:
-        source, state = str(path_or_state), read_state_dict(path_or_state, allow_pickle)
-    if prefix:
-        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    converted, fmt, orphans = to_timm(state, model, source)
-    if fmt == "unknown":
-        raise ValueError(f"{source}: unrecognised checkpoint layout (expected timm, official ConvNeXt-V2 or FCMAE "
-                         f"keys); first keys: {list(state)[:6]}")
-    own = model.state_dict()
-    report = CheckpointReport(source=source, format=fmt, unexpected_keys=list(orphans))
-    to_load = {}
-    for key, value in converted.items():
-        if key not in own:
-            report.unexpected_keys.append(key)
-        elif own[key].shape != value.shape:
-            if key.startswith("head.fc."):
-                report.skipped_head.append(key)
-                continue
-            raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)} in the checkpoint but "
-                             f"{tuple(own[key].shape)} in the model (wrong arch?)")
-        else:
-            to_load[key] = value
-    if not to_load:
-        raise ValueError(f"{source}: no tensor matches the model ({fmt} layout); first keys: {list(converted)[:6]}")
-    report.loaded = sorted(to_load)
-    report.missing_keys = sorted(set(own) - set(to_load) - set(report.skipped_head))
-    backbone_missing = [k for k in report.missing_keys if not k.startswith("head.")]
-    if backbone_missing:
-        raise ValueError(f"{source}: backbone tensors missing from the checkpoint: {backbone_missing[:8]}"
-                         f"{' …' if len(backbone_missing) > 8 else ''} (wrong arch or a truncated file?)")
-    model.load_state_dict(to_load, strict=False)
-    return report
-
-
-# --- the reverse, for tests and tools: timm model → official / FCMAE layouts ---------------------
-def timm_to_official(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Official ConvNeXt-V2 key names and shapes for a timm model (inverse of timm's filter)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
     out = {}
-    for key, value in model.state_dict().items():
+    for key, value in state.items():
         k = key.replace("stem.", "downsample_layers.0.")
         k = re.sub(r"stages\.([0-9]+)\.downsample\.([0-9]+)", r"downsample_layers.\1.\2", k)
         k = re.sub(r"stages\.([0-9]+)\.blocks\.([0-9]+)", r"stages.\1.\2", k)
@@ -275,35 +279,97 @@ def timm_to_official(model: nn.Module) -> dict[str, torch.Tensor]:
         k = k.replace("head.fc.", "head.").replace("head.norm.", "norm.")
         if "pwconv" in k and value.dim() == 4:  # conv_mlp (atto..nano) stores 1x1 convs; official uses Linear
             value = value.flatten(1)
-        out[k] = value.clone()
+        out[k] = value.detach().clone()
     return out
 
 
-def official_to_fcmae(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official names → the FCMAE sparse-encoder layout (``encoder.`` prefix, Minkowski kernels)."""
-    out = {}
-    for key, value in official.items():
-        if key.startswith(("head.", "norm.")):
-            continue  # the FCMAE encoder has no final norm / classifier
-        is_stem = key.startswith("downsample_layers.0.")
-        if key.endswith(".weight") and value.dim() == 4 and not is_stem:
-            c_out, c_in, kh, kw = value.shape
-            if c_in == 1 and "dwconv" in key:  # depthwise: (k*k, dim)
-                value = value.transpose(3, 2).reshape(c_out, kh * kw).permute(1, 0)
-            else:  # (k*k, in, out)
-                value = value.transpose(3, 2).reshape(c_out, c_in, kh * kw).permute(2, 1, 0)
-            key = key.removesuffix(".weight") + ".kernel"
-        elif not is_stem and re.search(r"\.norm\.|downsample_layers\.[1-3]\.0\.", key):
-            key = re.sub(r"\.(weight|bias)$", r".ln.\1", key)
-        elif re.search(r"pwconv[12]\.", key):
-            key = re.sub(r"\.(weight|bias)$", r".linear.\1", key)
-        elif "grn" in key:
-            value = value.reshape(1, -1)
-        if key.endswith("bias") and re.search(r"(dwconv|downsample_layers\.[1-3]\.1)\.bias$", key):
-            value = value.reshape(1, -1)
-        out[f"encoder.{key}"] = value.contiguous()
-    out["mask_token"] = torch.zeros(1, 512, 1, 1)
-    out["decoder.0.weight"] = torch.zeros(4, 4)
-    out["proj.weight"] = torch.zeros(512, 8, 1, 1)
-    out["pred.weight"] = torch.zeros(8, 512, 1, 1)
-    return out
+# --- loading ----------------------------------------------------------------------------------
+def _listing(keys: list[str], limit: int = 10) -> str:
+    return f"{', '.join(keys[:limit])}{' …' if len(keys) > limit else ''}"
+
+
+def _grouped(keys: list[str]) -> str:
+    """``decoder.* (12), mask_token, proj.* (2)``: every dropped key accounted for in one short line."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        head, dot, _ = key.partition(".")
+        name = head + ".*" if dot else head
+        groups[name] = groups.get(name, 0) + 1
+    return ", ".join(f"{name} ({n})" if name.endswith("*") else name for name, n in groups.items())
+
+
+@dataclass
+class CheckpointReport:
+    """What :func:`load_checkpoint` did; ``str(report)`` is a short log block (every kind listed once)."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)  # model keys (timm names) now holding checkpoint tensors
+    missing_keys: list[str] = field(default_factory=list)  # model keys the checkpoint lacks (classifier only)
+    unexpected_keys: list[str] = field(default_factory=list)  # checkpoint keys with no place in the model
+    skipped_head: list[str] = field(default_factory=list)  # classifier tensors not loaded (shape differs / no head)
+    dropped: list[str] = field(default_factory=list)  # FCMAE pre-training tensors, dropped on purpose
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: {self.format} checkpoint, {len(self.loaded)} tensors loaded"]
+        if self.dropped:
+            lines.append(f"  dropped pre-training tensors ({len(self.dropped)}): {_grouped(self.dropped)}")
+        for label, keys in (("missing", self.missing_keys), ("unexpected (not loaded)", self.unexpected_keys),
+                            ("classifier not loaded (the model's head differs)", self.skipped_head)):
+            if keys:
+                lines.append(f"  {label} ({len(keys)}): {_listing(keys)}")
+        return "\n".join(lines)
+
+
+def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | dict, *, allow_pickle: bool = False,
+                    prefix: str = "", source: str | None = None) -> CheckpointReport:
+    """Load a timm / official / FCMAE checkpoint into a timm ConvNeXt-V2, in place.
+
+    ``prefix`` selects a submodule's keys (``'backbone'`` = ``'backbone.'``); ``source`` names a
+    state dict in messages. The classifier (``head.fc.*``) is skipped and reported when its shape
+    differs or the model has none (``num_classes=0``). Dropped FCMAE pre-training tensors are
+    listed in ``report.dropped``; checkpoint tensors that have no place in the model are listed in
+    ``report.unexpected_keys`` and warned about (:class:`~liera_vision.errors.CheckpointWarning`).
+
+    Raises ``ValueError`` naming the file and key for any other shape mismatch, a checkpoint that
+    matches nothing, a prefix that matches nothing, or a missing backbone tensor (the model is
+    unchanged then); ``FileNotFoundError`` for a missing file.
+    """
+    if isinstance(path_or_state, dict):
+        source, state = source or "state dict", unwrap_state_dict(path_or_state, source or "state dict")
+    else:
+        source, state = source or str(path_or_state), read_state_dict(path_or_state, allow_pickle)
+    state = select_prefix(state, prefix, source)
+    conv = to_timm(state, model, source)
+    if conv.format == "unknown":
+        raise ValueError(f"{source}: unrecognised checkpoint layout (expected timm, official ConvNeXt-V2 or FCMAE "
+                         f"keys); first keys: {list(state)[:6]}")
+    own = model.state_dict()
+    report = CheckpointReport(source=source, format=conv.format, unexpected_keys=list(conv.unplaced),
+                              dropped=conv.dropped)
+    to_load = {}
+    for key, value in conv.state.items():
+        if key.startswith("head.fc.") and (key not in own or own[key].shape != value.shape):
+            report.skipped_head.append(key)
+        elif key not in own:
+            report.unexpected_keys.append(key)
+        elif own[key].shape != value.shape:
+            raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)} in the checkpoint but "
+                             f"{tuple(own[key].shape)} in the model (wrong arch?)")
+        else:
+            to_load[key] = value
+    if not to_load:
+        raise ValueError(f"{source}: no tensor matches the model ({conv.format} layout); "
+                         f"first keys: {list(conv.state)[:6]}")
+    report.loaded, report.skipped_head = sorted(to_load), sorted(report.skipped_head)
+    report.missing_keys = sorted(set(own) - set(to_load))
+    backbone_missing = [k for k in report.missing_keys if not k.startswith("head.")]
+    if backbone_missing:
+        raise ValueError(f"{source}: backbone tensors missing from the checkpoint: {_listing(backbone_missing, 8)} "
+                         f"(wrong arch or a truncated file?)")
+    model.load_state_dict(to_load, strict=False)
+    if report.unexpected_keys:
+        warnings.warn(f"{source}: {len(report.unexpected_keys)} checkpoint tensors have no place in "
+                      f"{type(model).__name__} and were not loaded: {_listing(report.unexpected_keys)}",
+                      CheckpointWarning, stacklevel=2)
+    return report
