@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: set-up and environment record, interleaved timing, the
-memory of one step, and atomically written result files.
+"""What the benchmark scripts share: set-up and environment record, our adapter methods and PEFT's
+baselines on the same layers (``probe_peft``, ``match_peft``, ``build_peft_model``), interleaved timing,
+the memory of one step, and atomically written result files.
 
 Timing. Variants run round-robin inside one process (the start of the order rotates every
 round), after warm-up steps; ratios are taken within a round, so a neighbour's load that comes
@@ -20,36 +21,42 @@ activation memory, which explains most of the peak.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime
 import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from torch import nn
 
 from liera_vision.fileio import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# our adapter methods by benchmark name -> AdapterConfig fields
+# our adapter methods by benchmark name -> AdapterConfig fields (the method axes; alpha is the caller's choice)
 ADAPTER_METHODS = {
-    "lora": dict(method="lora"),
-    "liera-taylor": dict(method="liera"),
-    "liera-exp": dict(method="liera", composition="exp"),
-    "dora+liera": dict(method="liera", variant="dora"),
-    "pissa+liera": dict(method="liera", variant="pissa"),
+    "lora": dict(composition="additive"),
+    "liera-taylor": dict(composition="taylor"),
+    "liera-exp": dict(composition="exp"),
+    "dora+liera": dict(composition="taylor", post="dora"),
+    "pissa+liera": dict(composition="taylor", init="pissa"),
 }
+# Hugging Face PEFT's methods the benchmarks compare against (peft_config builds them)
+PEFT_METHODS = ("peft-lora", "peft-loha", "peft-lokr", "peft-hira")
 MB = 2**20
 # wide enough for the result tables when the output is a file or a pipe (rich assumes 80 columns)
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -126,6 +133,146 @@ def environment(device: torch.device, module: str, argv: list[str]) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+# --- PEFT baselines -------------------------------------------------------------------------
+def peft_config(kind: str, rank: int, targets: list[str], modules_to_save: list[str] | None = None, **options):
+    """PEFT's config for ``kind`` (one of :data:`PEFT_METHODS`) on exactly the modules ``targets``, at ``rank``.
+
+    LoRA / LoHa / LoKr get ``alpha = rank`` (scale 1, as our additive LoRA); HiRA has no alpha (its update
+    ``W ⊙ (B @ A)`` is LieRA-Taylor's with ``alpha / rank = 1``: its learning rate has to carry the ``1 / mean|W|``
+    our weight-derived scale supplies). ``targets`` becomes one regex of the exact names (a list would also match
+    them as dotted suffixes). ``options``: further fields of PEFT's config (e.g. LoKr's ``decompose_factor``).
+    """
+    import peft
+
+    exact = "|".join(re.escape(name) for name in targets)
+    common = dict(r=rank, target_modules=exact, modules_to_save=modules_to_save, **options)
+    if kind == "peft-lora":
+        return peft.LoraConfig(lora_alpha=rank, **common)
+    if kind == "peft-loha":
+        return peft.LoHaConfig(alpha=rank, **common)
+    if kind == "peft-lokr":
+        return peft.LoKrConfig(alpha=rank, **common)
+    if kind == "peft-hira":
+        return peft.HiraConfig(**common)
+    raise ValueError(f"unknown PEFT method {kind!r}; expected one of {PEFT_METHODS}")
+
+
+@dataclass
+class PeftOutcome:
+    """Which target layers a PEFT method accepts, PEFT's own error text for each one it refuses, its warnings."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _holder(base: nn.Module, names: list[str]) -> tuple[nn.Module, list[str]]:
+    """Copies of the layers ``names`` of ``base`` in a small module (as ``l0``, ``l1`` …), to probe / count cheaply."""
+    holder = nn.Module()
+    for i, name in enumerate(names):
+        holder.add_module(f"l{i}", copy.deepcopy(base.get_submodule(name)))
+    return holder, [f"l{i}" for i in range(len(names))]
+
+
+def probe_peft(base: nn.Module, kind: str, rank: int, targets: list[str]) -> PeftOutcome:
+    """Which of ``targets`` PEFT's ``kind`` accepts at ``rank``, one layer at a time (its error text for the others)."""
+    import peft
+
+    outcome = PeftOutcome()
+    for name in targets:
+        holder, (inner,) = _holder(base, [name])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                peft.inject_adapter_in_model(peft_config(kind, rank, [inner]), holder)
+                outcome.accepted.append(name)
+            except Exception as err:  # PEFT's own refusal, recorded verbatim
+                outcome.refused[name] = f"{type(err).__name__}: {err}"
+        outcome.warnings += [str(w.message) for w in caught if str(w.message) not in outcome.warnings]
+    return outcome
+
+
+def adapter_params(base: nn.Module, method: str, rank: int, targets: list[str], **options) -> int:
+    """Trainable adapter parameters of ``method`` (one of ours in :data:`ADAPTER_METHODS`, or PEFT's with its
+    config ``options``) on ``targets``."""
+    holder, names = _holder(base, targets)
+    if method in ADAPTER_METHODS:
+        from liera_vision.core import AdapterConfig, apply_adapters
+
+        config = AdapterConfig(rank=rank, alpha=float(rank), targets=[re.escape(n) for n in names],
+                               **ADAPTER_METHODS[method])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zero weights etc. do not change a count
+            return apply_adapters(holder, config)[1].adapter_params
+    import peft
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.inject_adapter_in_model(peft_config(method, rank, names, **options), holder)
+    return sum(p.numel() for p in holder.parameters() if p.requires_grad)
+
+
+def matched_rank(base: nn.Module, method: str, targets: list[str], params: int, max_rank: int = 1024,
+                 **options) -> tuple[int, int]:
+    """The rank at which ``method`` on ``targets`` has the trainable adapter parameters closest to ``params``
+    (the smaller rank on a tie), and that count. Counts grow with rank, so the search stops once a count passes
+    twice the goal or 32 ranks brought nothing closer (PEFT's LoKr saturates: once ``r`` reaches half a Kronecker
+    factor's size that factor is stored in full, so its count is bounded by the factor sizes).
+
+    Raises:
+        ValueError: ``method`` accepts no rank up to ``max_rank`` on these targets (PEFT's error attached).
+    """
+    best: tuple[int, int] | None = None
+    error = None
+    for rank in range(1, max_rank + 1):
+        try:
+            count = adapter_params(base, method, rank, targets, **options)
+        except Exception as err:  # e.g. PEFT's LoRA refuses a rank its groups do not divide
+            error = err
+            continue
+        if best is None or abs(count - params) < abs(best[1] - params):
+            best = (rank, count)
+        if count > 2 * params or rank - best[0] >= 32:
+            break
+    if best is None:
+        raise ValueError(f"{method} accepts no rank up to {max_rank} on {targets}: {error}")
+    return best
+
+
+# PEFT config options a parameter match may also vary, the default first. LoKr with its default decomposition
+# (decompose_factor=-1: factors near the square root of each dimension) saturates at a few thousand parameters
+# on small layers; a fixed factor of 2 or 4 keeps a true Kronecker product and reaches larger budgets.
+MATCH_OPTIONS: dict[str, list[dict]] = {"peft-lokr": [{}, {"decompose_factor": 2}, {"decompose_factor": 4}]}
+
+
+def match_peft(base: nn.Module, kind: str, targets: list[str], params: int) -> tuple[int, int, dict]:
+    """PEFT's ``kind`` at matched trainable adapter parameters on ``targets``: ``(rank, count, options)``, over
+    the options of :data:`MATCH_OPTIONS` (the default kept unless another comes more than 20 % closer).
+
+    Raises:
+        ValueError: ``kind`` accepts no rank on these targets.
+    """
+    best = None
+    for options in MATCH_OPTIONS.get(kind, [{}]):
+        rank, count = matched_rank(base, kind, targets, params, **options)
+        gap = abs(count - params) / params
+        if best is None or gap < best[3] - 0.2:
+            best = (rank, count, options, gap)
+    return best[:3]
+
+
+def build_peft_model(model: nn.Module, kind: str, rank: int, targets: list[str],
+                     modules_to_save: list[str] | None = None, **options) -> nn.Module:
+    """``model`` adapted by PEFT's ``kind`` on exactly ``targets`` at ``rank`` (a ``PeftModel``; the head in
+    ``modules_to_save`` trains in full). With :func:`probe_peft` and :func:`match_peft` this is what the
+    benchmarks use to put PEFT's HiRA / LoKr / LoHa / LoRA beside ours on the same layers."""
+    import peft
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # probe_peft records PEFT's warnings
+        return peft.get_peft_model(model, peft_config(kind, rank, targets, modules_to_save, **options))
 
 
 # --- timing ---------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """One training step of ConvNeXt-V2 under every fine-tuning method, side by side in one run.
 
     python -m benchmarks.train_step                                   # atto, 224², batch 8, CPU
+    python -m benchmarks.train_step --layers common                   # like for like with PEFT's methods
     python -m benchmarks.train_step --arch base --batch 2 --rounds 3  # base, 224², CPU (slow)
     python -m benchmarks.train_step --device cuda --arch base --batch 32
 
-Variants (all train the classifier ``head``; adapters sit on the paper's layers, every conv with
-a kernel larger than 1×1, at ``--rank``):
+Variants (all train the classifier ``head``):
 
 =============  ===========================================================================
 full           every parameter trains
@@ -17,24 +17,33 @@ liera-taylor   ours, ``W + W ⊙ ΔW`` (the default)
 liera-exp      ours, ``W ⊙ exp(ΔW)``
 dora+liera     ours, Taylor composition renormalised per output channel
 pissa+liera    ours, Taylor composition from the principal singular triplets
-peft-lora      Hugging Face PEFT's LoRA on the same layers where PEFT accepts them
-peft-loha      Hugging Face PEFT's LoHa, likewise (twice LoRA's parameters at equal rank)
+peft-lora      Hugging Face PEFT's LoRA
+peft-loha      PEFT's LoHa (Hadamard product of two low-rank kernels, added)
+peft-lokr      PEFT's LoKr (Kronecker product, added)
+peft-hira      PEFT's HiRA (``W ⊙ (B @ A)`` added: LieRA-Taylor's update with alpha / rank = 1)
 =============  ===========================================================================
+
+``--layers paper`` (default): our adapters sit on the paper's layers (every conv with a kernel
+larger than 1×1), each PEFT method on those of them it accepts, all at ``--rank``.
+``--layers common``: every adapter sits on the layers that every requested PEFT method accepts
+(HiRA refuses grouped convs, PEFT's LoRA depthwise ones at ranks their groups do not divide), ours
+at ``--rank`` and each PEFT method at the rank whose trainable adapter parameters come closest to
+LieRA-Taylor's (``benchmarks.common.match_peft``). Our adapters use alpha = rank (scale 1).
 
 Step = zero_grad, forward, cross-entropy, backward, AdamW step. Reported: the median step time
 over interleaved rounds and the peak memory of one step (method: ``benchmarks/common.py``), each
-also as a ratio to ``full`` and to ``floor``. PEFT is optional (``pip install -e ".[bench]"``);
-without it its rows say so. Writes ``<out>/train_step-<arch>-<device>.{csv,png,json}``.
+also as a ratio to ``full`` and to ``floor``. PEFT is optional (``pip install -e ".[peft]"``);
+without it its rows say so. Writes ``<out>/train_step-<arch>-<device>[-common].{csv,png,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import re
 import time
-import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,15 +53,20 @@ from torch import nn
 from benchmarks.common import (
     ADAPTER_METHODS,
     MB,
+    PEFT_METHODS,
     RESULTS,
     StepMemory,
     Timings,
+    adapter_params,
+    build_peft_model,
     configure,
     console,
     environment,
     markdown_table,
+    match_peft,
     median,
     print_table,
+    probe_peft,
     ratio_to,
     save_figure,
     step_memory,
@@ -65,8 +79,8 @@ from benchmarks.common import (
 from liera_vision.core import AdapterConfig, adapter_layers, apply_adapters, count_parameters, select_targets
 from liera_vision.models import create_convnextv2
 
-PEFT_KINDS = ("peft-lora", "peft-loha")
-VARIANTS = ("full", "linear-probe", "floor", *ADAPTER_METHODS, *PEFT_KINDS)
+VARIANTS = ("full", "linear-probe", "floor", *ADAPTER_METHODS, *PEFT_METHODS)
+LAYERS = ("paper", "common")
 HEAD = "head"
 TARGETS = (
     ("LieRA Taylor step time ≤ 1.0× LoRA additive", "liera-taylor", "lora", "time", 1.0),
@@ -83,6 +97,8 @@ class Variant:
     input_grad: bool = False
     adapted: str = "-"
     note: str = ""
+    rank: int | None = None
+    adapter_params: int | None = None
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -113,44 +129,31 @@ def _kind(module: nn.Module) -> str:
     return f"Conv2d {k}" + (" depthwise" if depthwise else "")
 
 
-@dataclass
-class PeftOutcome:
-    accepted: list[str] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-def _peft_config(kind: str, rank: int, targets: list[str], modules_to_save: list[str] | None):
-    import peft
-
-    if kind == "peft-lora":
-        return peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, modules_to_save=modules_to_save)
-    return peft.LoHaConfig(r=rank, alpha=rank, target_modules=targets, modules_to_save=modules_to_save)
-
-
-def probe_peft(base: nn.Module, kind: str, rank: int, targets: list[str]) -> PeftOutcome:
-    """Which target layers PEFT accepts, one layer at a time (its error text for the others)."""
-    import peft
-
-    outcome = PeftOutcome()
-    for name in targets:
-        holder = nn.Module()
-        holder.layer = copy.deepcopy(base.get_submodule(name))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                peft.inject_adapter_in_model(_peft_config(kind, rank, ["layer"], None), holder)
-                outcome.accepted.append(name)
-            except Exception as err:  # PEFT's own refusal, recorded verbatim
-                outcome.refused[name] = f"{type(err).__name__}: {err}"
-        outcome.warnings += [str(w.message) for w in caught if str(w.message) not in outcome.warnings]
-    return outcome
-
-
-def build_variants(base: nn.Module, names: list[str], rank: int) -> tuple[list[Variant], dict[str, str], dict]:
+def build_variants(base: nn.Module, names: list[str], rank: int,
+                   layers: str = "paper") -> tuple[list[Variant], dict[str, str], dict]:
     """The requested variants over copies of ``base``; skipped ones with the reason; PEFT's probe record."""
-    targets = select_targets(base, AdapterConfig(rank=rank, modules_to_save=[HEAD]))
-    variants, skipped, peft_record = [], {}, {}
+    paper = select_targets(base, AdapterConfig(rank=rank, modules_to_save=[HEAD]))
+    head_params = sum(p.numel() for p in base.get_submodule(HEAD).parameters())
+    kinds, skipped, peft_record, probes = [n for n in names if n in PEFT_METHODS], {}, {}, {}
+    if kinds:
+        try:
+            import peft
+        except ImportError:
+            skipped.update(dict.fromkeys(kinds, "peft not installed (pip install -e '.[peft]')"))
+            kinds = []
+    for kind in kinds:
+        probes[kind] = outcome = probe_peft(base, kind, rank, paper)
+        peft_record[kind] = {"peft_version": peft.__version__, "accepted": outcome.accepted,
+                             "refused": outcome.refused, "warnings": outcome.warnings}
+    targets, budget = paper, None
+    if layers == "common":
+        targets = [t for t in paper if all(t in outcome.accepted for outcome in probes.values())]
+        if not targets:
+            raise ValueError(f"--layers common: {', '.join(kinds)} share no accepted layer among the {len(paper)} "
+                             "paper targets; drop one of them from --variants")
+        budget = adapter_params(base, "liera-taylor", rank, targets)
+        peft_record["common_layers"] = {"layers": targets, "liera_taylor_adapter_params": budget}
+    variants = []
     for name in names:
         model = copy.deepcopy(base).train()
         if name == "full":
@@ -159,30 +162,37 @@ def build_variants(base: nn.Module, names: list[str], rank: int) -> tuple[list[V
             model = _head_only(model)
             variants.append(Variant(name, model, _optimizer(model), input_grad=name == "floor"))
         elif name in ADAPTER_METHODS:
-            model, report = apply_adapters(model, AdapterConfig(rank=rank, modules_to_save=[HEAD],
-                                                                 **ADAPTER_METHODS[name]))
-            variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(report.layers)}/{len(targets)}"))
-        else:
-            try:
-                import peft
-            except ImportError:
-                skipped[name] = "peft not installed (pip install -e '.[bench]')"
-                continue
-            outcome = probe_peft(base, name, rank, targets)
-            kinds = Counter(_kind(base.get_submodule(n)) for n in outcome.refused)
-            first_error = {k: next(e for n, e in outcome.refused.items() if _kind(base.get_submodule(n)) == k)
-                           for k in kinds}
-            peft_record[name] = {"peft_version": peft.__version__, "accepted": outcome.accepted,
-                                 "refused": outcome.refused, "warnings": outcome.warnings}
-            note = "; ".join(f"refuses {n} {k}: {first_error[k]}" for k, n in kinds.items())
-            if not outcome.accepted:
-                skipped[name] = f"PEFT accepts none of the {len(targets)} target layers; {note}"
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # recorded by the probe above
-                model = peft.get_peft_model(model, _peft_config(name, rank, outcome.accepted, [HEAD]))
-            variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(outcome.accepted)}/{len(targets)}",
-                                    note=note))
+            where = "spatial" if layers == "paper" else [re.escape(t) for t in targets]
+            model, report = apply_adapters(model, AdapterConfig(rank=rank, alpha=float(rank), targets=where,
+                                                                modules_to_save=[HEAD], **ADAPTER_METHODS[name]))
+            variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(report.layers)}/{len(paper)}",
+                                    rank=rank, adapter_params=report.adapter_params))
+        elif name in kinds:
+            outcome = probes[name]
+            if layers == "paper":
+                kind_rank, accepted, options = rank, outcome.accepted, {}
+                by_kind = Counter(_kind(base.get_submodule(n)) for n in outcome.refused)
+                first = {k: next(e for n, e in outcome.refused.items() if _kind(base.get_submodule(n)) == k)
+                         for k in by_kind}
+                note = "; ".join(f"refuses {n} {k}: {first[k]}" for k, n in by_kind.items())
+                if not accepted:
+                    skipped[name] = f"PEFT accepts none of the {len(paper)} target layers; {note}"
+                    continue
+            else:
+                try:
+                    kind_rank, count, options = match_peft(base, name, targets, budget)
+                except ValueError as err:
+                    skipped[name] = str(err)
+                    continue
+                accepted = targets
+                note = f"rank {kind_rank}{''.join(f', {k}={v}' for k, v in options.items())}: {count:,} adapter " \
+                       f"params for liera-taylor's {budget:,}"
+                if abs(count - budget) > 0.2 * budget:
+                    note += " (the closest it reaches on these layers)"
+            model = build_peft_model(model, name, kind_rank, accepted, [HEAD], **options)
+            trainable = count_parameters(model).trainable
+            variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(accepted)}/{len(paper)}",
+                                    note=note, rank=kind_rank, adapter_params=trainable - head_params))
     return variants, skipped, peft_record
 
 
@@ -234,6 +244,8 @@ def summarize(variants: list[Variant], times: Timings, memory: dict[str, StepMem
             "variant": v.name,
             "trainable_params": count_parameters(v.model).trainable,
             "adapted_layers": v.adapted,
+            "rank": v.rank if v.rank is not None else "",
+            "adapter_params": v.adapter_params if v.adapter_params is not None else "",
             "step_s": round(median(times.wall[v.name]), 4),
             "step_s_min": round(min(times.wall[v.name]), 4),
             "step_s_max": round(max(times.wall[v.name]), 4),
@@ -315,7 +327,8 @@ def plot(rows: list[dict], title: str, path: Path) -> Path:
 
 
 COLUMNS = {
-    "variant": "variant", "trainable_params": "trainable", "adapted_layers": "adapted",
+    "variant": "variant", "trainable_params": "trainable", "adapted_layers": "adapted", "rank": "rank",
+    "adapter_params": "adapter params",
     "step_s": "step s", "time_x_full": "× full", "time_x_floor": "× floor", "cpu_s": "CPU s",
     "cpu_x_full": "CPU × full",
     "peak_mb": "peak MB", "mem_x_full": "× full", "mem_x_floor": "× floor", "mem_above_floor_mb": "above floor MB",
@@ -330,6 +343,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=224, help="input resolution")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--layers", default="paper", choices=LAYERS,
+                        help="paper: ours on the paper's layers, PEFT's where it accepts them, all at --rank; "
+                             "common: everyone on the layers every PEFT method accepts, PEFT at matched parameters")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=7, help="timed steps per variant (interleaved)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
@@ -356,7 +372,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = configure(args.device, args.threads)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     base = create_convnextv2(args.arch, num_classes=args.classes).to(device, memory_format=memory_format)
-    variants, skipped, peft_record = build_variants(base, args.variants, args.rank)
+    variants, skipped, peft_record = build_variants(base, args.variants, args.rank, args.layers)
     del base
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
@@ -367,8 +383,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = summarize(variants, times, memory, skipped, device)
     targets = check_targets(variants, times, memory, device)
 
-    stem = f"train_step-{args.arch}-{device.type}" + ("-channels_last" if args.channels_last else "")
+    stem = (f"train_step-{args.arch}-{device.type}" + ("-channels_last" if args.channels_last else "")
+            + ("-common" if args.layers == "common" else ""))
     title = (f"Training step, convnextv2_{args.arch} {args.size}² batch {args.batch}, rank {args.rank}, "
+             f"{args.layers} layers, "
              f"{device.type}{', channels_last' if args.channels_last else ''}, {threads_label()} "
              f"(median of {args.rounds} interleaved rounds)")
     print_table(title, rows, COLUMNS)

@@ -13,12 +13,14 @@ from .config import AdapterConfig
 from .delta import FACTORIZATIONS, INITS
 from .inject import (
     AdaptationReport,
+    Selection,
     active_adapter,
     adapter_configs,
     adapter_layers,
     apply_adapters,
     delete_adapter,
     disable_adapters,
+    find_targets,
     get_adapter_config,
     merge_adapters,
     merge_and_unload,
@@ -39,6 +41,7 @@ from .io import (
     load_adapter,
     read_adapter_file,
     save_adapter,
+    write_adapter_file,
 )
 from .layers import AdapterLayer
 from .scale import SCALE_RULES
@@ -54,6 +57,7 @@ __all__ = [
     "AdapterLayer",
     "LoadResult",
     "ParameterCount",
+    "Selection",
     "active_adapter",
     "adapter_configs",
     "adapter_layers",
@@ -64,6 +68,7 @@ __all__ = [
     "delete_adapter",
     "disable_adapters",
     "dora_rescale",
+    "find_targets",
     "get_adapter_config",
     "load_adapter",
     "merge_adapters",
@@ -78,4 +83,5 @@ __all__ = [
     "unload_adapters",
     "unmerge_adapters",
     "warn_zero_weights",
+    "write_adapter_file",
 ]

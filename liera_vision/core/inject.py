@@ -95,7 +95,9 @@ class Selection:
     skipped: list[tuple[str, str]]  # (name, why an adapter there could not be correct)
 
 
-def _select(model: nn.Module, config: AdapterConfig, adapter_name: str = "default") -> Selection:
+def find_targets(model: nn.Module, config: AdapterConfig, adapter_name: str = "default") -> Selection:
+    """The layers ``config`` adapts (``targets``) and those a preset passes over because an adapter could not
+    be correct there (``skipped``, with the reason); ``ValueError`` when the selection is invalid."""
     saved = _saved_module_names(model, config.modules_to_save)
     owners = bases.parameter_owners(model)
     paths = bases.module_paths(model)
@@ -132,9 +134,9 @@ def _select(model: nn.Module, config: AdapterConfig, adapter_name: str = "defaul
     return selection
 
 
-def select_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
+def select_targets(model: nn.Module, config: AdapterConfig, adapter_name: str = "default") -> list[str]:
     """Names of the modules ``config`` adapts; ``ValueError`` when the selection is invalid."""
-    return _select(model, config).targets
+    return find_targets(model, config, adapter_name).targets
 
 
 # --- transactions ------------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict,
     if adapter_name in configs:
         raise ValueError(f"{type(model).__name__} already has an adapter named {adapter_name!r}; applying it twice is "
                          "not supported (use another adapter_name, or merge_and_unload the model first)")
-    selection = _select(model, config, adapter_name)
+    selection = find_targets(model, config, adapter_name)
     saved = _saved_module_names(model, config.modules_to_save)
     paths = bases.module_paths(model)
     specs = {}
@@ -301,8 +303,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict,
             else:
                 layer = AdapterLayer(base, config, name, adapter_name, rank=rank, alpha=alpha, scaling=scalings[name])
                 if active is not None:  # the model's active adapter stays active (this layer runs its base weight)
-                    layer._set_trainable(adapter_name, False)
-                    layer._active_adapter = [active]
+                    layer.set_adapter(active)
                 for path in paths[id(module)]:  # a module shared under several names is wrapped once, everywhere
                     _install(model, path, layer)
             tensors = layer.adapter_tensors(adapter_name)
@@ -389,12 +390,7 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
     for layer in _require_adapters(model).values():
         if layer.merged:
             layer.unmerge()
-        if adapter_name in layer.settings:
-            layer.set_adapter(adapter_name)
-        else:
-            for name in layer.settings:
-                layer._set_trainable(name, False)
-            layer._active_adapter = [adapter_name]
+        layer.set_adapter(adapter_name)
     for name in _saved_module_names(model, config.modules_to_save):
         model.get_submodule(name).requires_grad_(True)
 

@@ -68,11 +68,17 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     The metadata holds the ``AdapterConfig`` (JSON) and the format version; each layer's resolved
     ``alpha / rank`` is saved as ``<layer>.lora_scaling``, so loading reproduces the model exactly.
     """
+    adapter_name = _adapter_name(model, adapter_name)
+    return write_adapter_file(path, adapter_configs(model)[adapter_name], adapter_state_dict(model, adapter_name),
+                              adapter_name)
+
+
+def write_adapter_file(path: str | os.PathLike, config: AdapterConfig, tensors: dict[str, torch.Tensor],
+                       adapter_name: str = "default") -> Path:
+    """Write ``tensors`` (keys as :func:`adapter_state_dict` gives them) and ``config`` as an adapter file."""
     from safetensors.torch import save_file
 
-    adapter_name = _adapter_name(model, adapter_name)
-    config = adapter_configs(model)[adapter_name]
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter_config": config.to_json(),
                 "adapter_name": adapter_name}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

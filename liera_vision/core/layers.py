@@ -144,6 +144,7 @@ class AdapterLayer(nn.Module):
         self._active_adapter: list[str] = []
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
+        self.train(base_layer.training)  # a new module starts in training mode; inside an eval model it must not
         if config is not None:
             self.add_adapter(adapter_name, config, rank=rank, alpha=alpha, scaling=scaling)
 
@@ -247,15 +248,16 @@ class AdapterLayer(nn.Module):
             if adapter_name in params:
                 params[adapter_name].requires_grad_(trainable)
 
-    def set_adapter(self, adapter_names: str | list[str]) -> None:
-        """Make ``adapter_names`` (one name, or a list of one) the active adapter; only it trains."""
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        """Make ``adapter_names`` (one name, or a list of one) the active adapter; only it trains (none with
+        ``inference_mode``). A name this layer does not carry makes it run its base weight, as PEFT's layers
+        do when a model's adapters target different layers."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        if len(names) != 1:
+        if len(names) > 1:
             raise ValueError(f"{self.label}: exactly one adapter can be active (got {names}); compositions of Lie "
                              "updates do not add up like LoRA's, so combine adapters by merging them one by one")
-        self._require(names[0])
         for name in self.settings:
-            self._set_trainable(name, name == names[0])
+            self._set_trainable(name, bool(names) and name == names[0] and not inference_mode)
         self._active_adapter = names
 
     def enable_adapters(self, enabled: bool) -> None:
@@ -272,8 +274,10 @@ class AdapterLayer(nn.Module):
         self._disable_adapters = True
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove ``adapter_name``; if it was active, the first remaining adapter (if any) becomes active."""
-        self._require(adapter_name)
+        """Remove ``adapter_name`` (a no-op if this layer does not carry it); if it was active, the first
+        remaining adapter (if any) becomes active."""
+        if adapter_name not in self.settings:
+            return
         if adapter_name in self.merged_adapters:
             raise ValueError(f"{self.label}: adapter {adapter_name!r} is merged; unmerge before deleting it")
         for attr in self.adapter_layer_names + self.other_param_names:
@@ -372,13 +376,15 @@ class AdapterLayer(nn.Module):
     # --- merging --------------------------------------------------------------------------------------
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Write ``W'`` of ``adapter_names`` (default: the active adapter) into ``base_layer.weight``, in order.
+        """Write ``W'`` of ``adapter_names`` (default: the active adapter) into ``base_layer.weight``, in order;
+        adapters this layer does not carry are passed over.
 
         The replaced weight is cached, so :meth:`unmerge` restores it exactly. ``safe_merge`` checks
         the merged weight for NaN / inf first.
         """
         for name in adapter_names if adapter_names is not None else self.active_adapters:
-            self._require(name)
+            if name not in self.settings:
+                continue
             if name in self.merged_adapters:
                 warnings.warn(f"{self.label}: adapter {name!r} is already merged; nothing to do", LieraWarning,
                               stacklevel=2)

@@ -146,3 +146,17 @@ def test_adapter_names_are_checked():
         apply_adapters(model, LORA, adapter_name="a.b")
     with pytest.raises(ValueError, match=r"exactly one adapter can be active"):
         model[0].set_adapter(["default", "default"])
+
+
+def test_new_adapter_layers_follow_the_training_mode_of_the_layer_they_wrap():
+    """An eval model stays in eval mode (no rank dropout) after adapters are applied; a training one trains."""
+    for training in (False, True):
+        model = net().train(training)
+        apply_adapters(model, AdapterConfig(rank=1, alpha=1.0, dropout=0.5, targets="all"))
+        assert {layer.training for layer in adapter_layers(model).values()} == {training}
+    model = net()  # eval: repeated forwards agree although dropout is set
+    apply_adapters(model, AdapterConfig(rank=2, alpha=2.0, dropout=0.5, targets="all"))
+    for layer in adapter_layers(model).values():
+        randomize_(layer)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(model(x), model(x))

@@ -61,6 +61,7 @@ def main() -> None:
     for label, kwargs in CONFIGS.items():
         config = AdapterConfig(targets="all", modules_to_save=["head"], zero_weight_fallback=False, **kwargs)
         model, _ = apply_adapters(tiny_net(), config)
+        model.eval()  # 0.1.0 left new adapter layers in training mode (rank dropout on) inside an eval model
         g = torch.Generator().manual_seed(2)
         with torch.no_grad():
             for p in model.parameters():
