@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +39,7 @@ LIE_DEFAULT_ALPHA = "auto"
 CONFIG_VERSION = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdapterConfig:
     """Configuration of low-rank adapters on conv kernels and linear layers.
 
@@ -74,6 +76,9 @@ class AdapterConfig:
             ``composition="additive"``, ``method="liera"`` a Lie composition; ``variant="dora"``
             is ``post="dora"``, ``variant="pissa"`` is ``init="pissa"``); reset to ``None``.
 
+    The config is frozen (``dataclasses.replace`` makes a changed copy), so an adapted model cannot
+    change under its feet.
+
     Raises:
         ValueError: naming the field and the accepted values.
     """
@@ -95,43 +100,43 @@ class AdapterConfig:
     variant: str | None = None
 
     def __post_init__(self) -> None:
-        self._resolve_aliases()
+        def set_(name: str, value) -> None:  # the config is frozen: its fields are normalised once, here
+            object.__setattr__(self, name, value)
+
+        self._resolve_aliases(set_)
         _check_choice("composition", self.composition, list(COMPOSITIONS))
         _check_choice("init", self.init, list(INITS))
         _check_choice("post", self.post, [None, *POST_STEPS])
         _check_choice("factorization", self.factorization, list(FACTORIZATIONS))
-        _check_rank("rank", self.rank)
-        self.alpha = self._resolve_alpha("alpha", self.alpha)
-        if not 0.0 <= float(self.dropout) < 1.0:
+        set_("rank", _check_rank("rank", self.rank))
+        set_("alpha", self._resolve_alpha("alpha", self.alpha))
+        set_("dropout", _number("dropout", self.dropout))
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.targets, str):
             _check_choice("targets", self.targets, list(TARGET_PRESETS), "or a list of regexes")
         else:
-            self.targets = list(self.targets)
+            set_("targets", _regex_list("targets", self.targets, allow_none=False))
             if not self.targets:
                 raise ValueError("AdapterConfig.targets is an empty list: nothing would be adapted")
-        self.exclude = list(self.exclude)
-        self.modules_to_save = list(self.modules_to_save)
-        self.rank_pattern = dict(self.rank_pattern)
-        self.alpha_pattern = dict(self.alpha_pattern)
-        for pattern, rank in self.rank_pattern.items():
-            _check_regex("rank_pattern", pattern)
-            _check_rank(f"rank_pattern[{pattern!r}]", rank)
-        for pattern, alpha in self.alpha_pattern.items():
-            _check_regex("alpha_pattern", pattern)
-            self.alpha_pattern[pattern] = self._resolve_alpha(f"alpha_pattern[{pattern!r}]", alpha)
-        for name in ("targets", "exclude", "modules_to_save"):
-            for pattern in [] if isinstance(getattr(self, name), str) else getattr(self, name):
-                _check_regex(name, pattern)
+        set_("exclude", _regex_list("exclude", self.exclude))
+        set_("modules_to_save", _regex_list("modules_to_save", self.modules_to_save))
+        set_("rank_pattern", {_check_regex("rank_pattern", k): _check_rank(f"rank_pattern[{k!r}]", v)
+                              for k, v in _mapping("rank_pattern", self.rank_pattern).items()})
+        set_("alpha_pattern", {_check_regex("alpha_pattern", k): self._resolve_alpha(f"alpha_pattern[{k!r}]", v)
+                               for k, v in _mapping("alpha_pattern", self.alpha_pattern).items()})
+        if not isinstance(self.zero_weight_fallback, bool):
+            raise ValueError("AdapterConfig.zero_weight_fallback must be True or False, "
+                             f"got {self.zero_weight_fallback!r}")
         if self.zero_weight_fallback and not self.is_lie:
             raise ValueError("AdapterConfig.zero_weight_fallback applies to Lie compositions only "
                              f"(composition is {self.composition!r})")
 
-    def _resolve_aliases(self) -> None:
+    def _resolve_aliases(self, set_) -> None:
         if self.method is not None:
             _check_choice("method", self.method, list(METHODS), "(an alias of composition)")
             if self.composition is None:
-                self.composition = METHODS[self.method]
+                set_("composition", METHODS[self.method])
             elif (self.composition == "additive") != (self.method == "lora"):
                 raise ValueError(f"AdapterConfig: method={self.method!r} contradicts composition="
                                  f"{self.composition!r} (method='lora' means composition='additive'; "
@@ -141,30 +146,29 @@ class AdapterConfig:
             axis, value, default = VARIANTS[self.variant]
             if getattr(self, axis) not in (default, value):
                 raise ValueError(f"AdapterConfig: variant={self.variant!r} contradicts {axis}={getattr(self, axis)!r}")
-            setattr(self, axis, value)
-        self.method = self.variant = None
+            set_(axis, value)
+        set_("method", None)
+        set_("variant", None)
         if self.composition is None:
-            self.composition = METHODS["liera"]
+            set_("composition", METHODS["liera"])
 
     def _resolve_alpha(self, label: str, alpha):
         if alpha is None:
             return LIE_DEFAULT_ALPHA if self.is_lie else float(self.rank)
-        if isinstance(alpha, str):
-            if alpha not in SCALE_RULES:
-                try:
-                    alpha = float(alpha)
-                except ValueError:
-                    raise ValueError(f"AdapterConfig.{label} must be a positive number or one of "
-                                     f"{list(SCALE_RULES)}, got {alpha!r}") from None
-            elif not self.is_lie:
+        if isinstance(alpha, str) and alpha in SCALE_RULES:
+            if not self.is_lie:
                 raise ValueError(f"AdapterConfig.{label}={alpha!r} derives the scale from the weights, which "
                                  "suits Lie compositions only; give composition='additive' a number (e.g. rank)")
-            else:
-                return alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not float(alpha) > 0:
+            return alpha
+        try:
+            value = _number(label, alpha)
+        except ValueError:
+            raise ValueError(f"AdapterConfig.{label} must be a positive number or one of {list(SCALE_RULES)}, "
+                             f"got {alpha!r}") from None
+        if not value > 0:
             raise ValueError(f"AdapterConfig.{label} must be a positive number or one of {list(SCALE_RULES)}, "
                              f"got {alpha!r}")
-        return float(alpha)
+        return value
 
     # --- derived labels ------------------------------------------------------------------------
     @property
@@ -218,9 +222,12 @@ class AdapterConfig:
         version = data.pop("version", None)
         if version is None and "variant" in data and data.get("alpha") is None:
             data["alpha"] = float(data.get("rank", cls.rank))
-        elif version not in (None, CONFIG_VERSION):
-            raise ValueError(f"AdapterConfig version {version!r} is newer than this liera-vision understands "
+        elif isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION:
+            raise ValueError(f"AdapterConfig version {version} is newer than this liera-vision understands "
                              f"({CONFIG_VERSION}); upgrade liera-vision")
+        elif version not in (None, CONFIG_VERSION):
+            raise ValueError(f"AdapterConfig version must be {CONFIG_VERSION} (or absent in 0.1.0 dicts), "
+                             f"got {version!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -232,7 +239,11 @@ class AdapterConfig:
 
     @classmethod
     def from_json(cls, text: str) -> AdapterConfig:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"AdapterConfig JSON is not valid: {err}") from None
+        return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         import yaml
@@ -243,7 +254,11 @@ class AdapterConfig:
     def from_yaml(cls, text: str) -> AdapterConfig:
         import yaml
 
-        return cls.from_dict(yaml.safe_load(text))
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"AdapterConfig YAML is not valid: {err}") from None
+        return cls.from_dict(data)
 
 
 def _check_choice(name: str, value, choices: list, extra: str = "") -> None:
@@ -251,15 +266,50 @@ def _check_choice(name: str, value, choices: list, extra: str = "") -> None:
         raise ValueError(f"AdapterConfig.{name} must be one of {choices}{' ' + extra if extra else ''}, got {value!r}")
 
 
-def _check_rank(name: str, rank) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+def _check_rank(name: str, rank) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
         raise ValueError(f"AdapterConfig.{name} must be a positive integer, got {rank!r}")
+    return int(rank)
 
 
-def _check_regex(name: str, pattern) -> None:
+def _number(name: str, value) -> float:
+    """A finite float from a number or a numeric string (YAML reads ``1e-1`` as a string)."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"AdapterConfig.{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"AdapterConfig.{name} must be finite, got {value!r}")
+    return number
+
+
+def _regex_list(name: str, value, allow_none: bool = True) -> list[str]:
+    """A list of regexes; ``None`` (PEFT's "none") is empty and a single string is one regex."""
+    if value is None and allow_none:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"AdapterConfig.{name} must be a list of regexes{'' if allow_none else ' or a preset'}, "
+                         f"got {value!r}")
+    return [_check_regex(name, pattern) for pattern in value]
+
+
+def _mapping(name: str, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"AdapterConfig.{name} must be a dict {{regex: value}}, got {value!r}")
+    return value
+
+
+def _check_regex(name: str, pattern) -> str:
     if not isinstance(pattern, str):
         raise ValueError(f"AdapterConfig.{name} entries must be regex strings, got {pattern!r}")
     try:
         re.compile(pattern)
     except re.error as err:
         raise ValueError(f"AdapterConfig.{name}: {pattern!r} is not a valid regex ({err})") from None
+    return pattern

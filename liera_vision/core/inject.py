@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ZeroWeightWarning
+from ..errors import LieraWarning, ZeroWeightWarning
 from . import bases
 from .config import AdapterConfig
 from .delta import factor_shape
@@ -52,9 +52,26 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
 
 
+def _carriers(model: nn.Module) -> list[nn.Module]:
+    """The modules that ``apply_adapters`` was called on: ``model`` or modules inside it (a detector's backbone)."""
+    return [m for m in model.modules() if CONFIG_ATTR in vars(m)]
+
+
 def adapter_configs(model: nn.Module) -> dict[str, AdapterConfig]:
-    """Adapter name → the config it was applied with (empty for a plain model)."""
-    return dict(getattr(model, CONFIG_ATTR, None) or {})
+    """Adapter name → the config it was applied with (empty for a plain model); also when the adapted module
+    sits inside ``model`` (a detector holding an adapted backbone, a wrapper)."""
+    return {name: config for m in _carriers(model) for name, config in getattr(m, CONFIG_ATTR).items()}
+
+
+def _forget(model: nn.Module, adapter_names=None) -> None:
+    """Drop the configs of ``adapter_names`` (default: all) from every carrier in ``model``."""
+    for m in _carriers(model):
+        kept = {n: c for n, c in getattr(m, CONFIG_ATTR).items()
+                if adapter_names is not None and n not in adapter_names}
+        if kept:
+            setattr(m, CONFIG_ATTR, kept)
+        else:
+            delattr(m, CONFIG_ATTR)
 
 
 def active_adapter(model: nn.Module) -> str | None:
@@ -103,18 +120,23 @@ def find_targets(model: nn.Module, config: AdapterConfig, adapter_name: str = "d
     paths = bases.module_paths(model)
     explicit = not isinstance(config.targets, str)
     wrappers = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    adapted = [n for n in saved if any(_under(w, [n]) or _under(n, [w]) for w in wrappers)]
+    if adapted:
+        raise ValueError(f"modules_to_save {adapted} hold (or are) layers another adapter wraps; train them through "
+                         "that adapter, or merge_and_unload first")
     selection = Selection([], [])
     for name, module in model.named_modules():
         if not name or _under(name, saved) or any(name.startswith(w + ".") for w in wrappers):
             continue
-        if any(name_matches(p, name) for p in config.exclude):
+        if any(name_matches(p, path) for p in config.exclude for path in paths[id(module)]):
             continue
         base = module.base_layer if isinstance(module, AdapterLayer) else module
         hit = any(name_matches(p, name) for p in config.targets) if explicit else _preset_matches(config.targets, base)
         if not hit:
             continue
         if bases.base_kind(base) is None:
-            raise ValueError(f"layer '{name}' matched targets={config.targets!r} but is a {type(module).__name__}; "
+            kind = f"{type(module).__module__}.{type(module).__qualname__}"
+            raise ValueError(f"layer '{name}' matched targets={config.targets!r} but is a {kind}; "
                              f"adapters wrap {bases.SUPPORTED} only (narrow the regex or use exclude)")
         if isinstance(module, AdapterLayer) and adapter_name in module.settings:
             raise ValueError(f"layer '{name}' already has an adapter named {adapter_name!r}; give the new adapter "
@@ -154,7 +176,7 @@ def model_transaction(model: nn.Module, overwrite: list[torch.Tensor] = ()) -> I
     grads = [(p, p.requires_grad) for p in model.parameters()]
     layers = [(m, copy.copy(m.settings), list(m._active_adapter), list(m.merged_adapters), m._disable_adapters)
               for m in modules if isinstance(m, AdapterLayer)]
-    configs = getattr(model, CONFIG_ATTR, None)
+    configs = [(m, vars(m).get(CONFIG_ATTR)) for m in modules]
     values = [(t, t.detach().clone()) for t in overwrite]
     try:
         yield
@@ -173,10 +195,11 @@ def model_transaction(model: nn.Module, overwrite: list[torch.Tensor] = ()) -> I
         with torch.no_grad():
             for t, value in values:
                 t.copy_(value)
-        if configs is None:
-            model.__dict__.pop(CONFIG_ATTR, None)
-        else:
-            setattr(model, CONFIG_ATTR, configs)
+        for m, carried in configs:
+            if carried is None:
+                vars(m).pop(CONFIG_ATTR, None)
+            else:
+                setattr(m, CONFIG_ATTR, carried)
         raise
 
 
@@ -207,6 +230,7 @@ class AdaptationReport:
     layers: list[AdaptedLayer] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     modules_to_save: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     trainable: int = 0
     total: int = 0
     mean_abs_weight: float = 0.0  # over every adapted weight entry; a Lie step scales with it
@@ -234,6 +258,7 @@ class AdaptationReport:
         rows.append(self.summary())
         for name, reason in self.skipped:
             rows.append(f"skipped '{name}': {reason}")
+        rows += [f"note: {note}" for note in self.notes]
         if self.config.is_lie:
             how = (f"alpha={self.config.alpha!r}: alpha/rank from 1/mean|W|" if isinstance(self.config.alpha, str)
                    else f"alpha/rank {self.config.scaling:g}; alpha='auto' would give {self.suggested_lie_scaling:.3g}")
@@ -272,13 +297,22 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict,
     Raises:
         ValueError: invalid config or selection (naming the layer or field); the model is unchanged.
     """
+    _require_module(model, "apply_adapters")
     config = AdapterConfig.from_dict(config) if isinstance(config, dict) else config
     if not isinstance(config, AdapterConfig):
         raise ValueError(f"apply_adapters expects an AdapterConfig or a dict, got {type(config).__name__}")
+    config = copy.deepcopy(config)  # frozen, but its lists are not: the model keeps its own copy
     configs = adapter_configs(model)
     if adapter_name in configs:
         raise ValueError(f"{type(model).__name__} already has an adapter named {adapter_name!r}; applying it twice is "
                          "not supported (use another adapter_name, or merge_and_unload the model first)")
+    if torch.is_inference_mode_enabled():
+        raise ValueError("apply_adapters was called under torch.inference_mode(): tensors made there can never take "
+                         "part in training; apply the adapters outside it")
+    merged = [n for n, layer in adapter_layers(model).items() if layer.merged]
+    if merged:
+        raise ValueError(f"layers {merged[:4]} hold merged adapters: a new adapter would start from the merged "
+                         "weights; unmerge_adapters(model) first")
     selection = find_targets(model, config, adapter_name)
     saved = _saved_module_names(model, config.modules_to_save)
     paths = bases.module_paths(model)
@@ -316,11 +350,17 @@ def apply_adapters(model: nn.Module, config: AdapterConfig | dict,
         for name in saved:
             model.get_submodule(name).requires_grad_(True)
         zeros = warn_zero_weights(layers, config)
-        setattr(model, CONFIG_ATTR, {**configs, adapter_name: config})
+        setattr(model, CONFIG_ATTR, {**vars(model).get(CONFIG_ATTR, {}), adapter_name: config})
     abs_sum = sum(float(spec[4].weight.detach().abs().sum(dtype=torch.float64)) for spec in specs.values())
     report.mean_abs_weight = abs_sum / sum(spec[4].weight.numel() for spec in specs.values())
     for row in report.layers:
         row.zero_fraction = zeros[row.name] / specs[row.name][1].weight.numel()
+    stats = [n for n, m in model.named_modules() if getattr(m, "track_running_stats", False)
+             and not _under(n, saved) and getattr(m, "running_mean", None) is not None]
+    if stats:
+        report.notes.append(f"{len(stats)} normalisation layers (e.g. '{stats[0]}') keep running statistics that "
+                            "training mode updates but adapter files do not store: keep them in eval mode while "
+                            "training, or add them to modules_to_save")
     report.total = sum(numel(p) for p in model.parameters())
     report.trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return model, report
@@ -344,30 +384,43 @@ def reset_adapters(model: nn.Module, adapter_name: str | None = None) -> dict[st
 
     PiSSA's factors, DoRA's magnitudes and weight-derived scales (``alpha="auto"`` …) are recomputed,
     every adapter is the identity again, and exactly-zero weights are judged (:class:`ZeroWeightWarning`).
-    Returns ``layer name → alpha / rank`` of the reset adapter(s) (the last one for several).
+    Returns ``layer name → alpha / rank`` of the reset adapter(s) (the last one for several). One
+    transaction: on an error no adapter is changed.
     """
     layers = _require_adapters(model)
     configs = adapter_configs(model)
     names = [adapter_name] if adapter_name is not None else list(configs)
-    scalings: dict[str, float] = {}
     for name in names:
-        if name not in configs:
-            raise ValueError(f"{type(model).__name__} has no adapter {name!r}; it has {list(configs)}")
-        own = {n: layer for n, layer in layers.items() if name in layer.settings}
-        with torch.no_grad():
-            scalings = resolve_scalings({
-                n: ScaleInput(layer._canonical(layer._weight_under(name)), bases.label(layer.base_layer),
+        _require_name(model, name)
+    merged = [n for n, layer in layers.items() if layer.merged]
+    if merged:
+        raise ValueError(f"layers {merged[:4]} hold merged adapters; unmerge_adapters(model) before resetting")
+    plans = {}
+    with torch.no_grad():
+        for name in names:
+            own = {n: layer for n, layer in layers.items() if name in layer.settings}
+            plans[name] = own, resolve_scalings({
+                n: ScaleInput(layer._canonical(layer.base_layer.weight), bases.label(layer.base_layer),
                               layer.settings[name].alpha, layer.settings[name].rank) for n, layer in own.items()})
-        tensors = [t for layer in own.values() for t in layer.adapter_tensors(name).values()]
-        with model_transaction(model, overwrite=tensors):
+    tensors = [t for name, (own, _) in plans.items() for layer in own.values()
+               for t in layer.adapter_tensors(name).values()]
+    with model_transaction(model, overwrite=tensors):
+        for name, (own, scalings) in plans.items():
             for n, layer in own.items():
                 layer.reset_adapter(name, scalings[n])
+    for name, (own, _) in plans.items():
         warn_zero_weights(own, configs[name])
-    return scalings
+    return plans[names[-1]][1] if names else {}
 
 
 # --- named adapters ------------------------------------------------------------------------------------
+def _require_module(model, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{what} expects a torch nn.Module, got {type(model).__name__}")
+
+
 def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:
+    _require_module(model, "this operation")
     layers = adapter_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no adapter layers; call apply_adapters first")
@@ -375,6 +428,9 @@ def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:
 
 
 def _require_name(model: nn.Module, adapter_name: str) -> AdapterConfig:
+    if not isinstance(adapter_name, str):
+        raise ValueError(f"adapter_name must be one adapter's name (a string), got {adapter_name!r}; one adapter is "
+                         "active at a time")
     configs = adapter_configs(model)
     if adapter_name not in configs:
         raise ValueError(f"{type(model).__name__} has no adapter {adapter_name!r}; it has {list(configs)}")
@@ -384,7 +440,7 @@ def _require_name(model: nn.Module, adapter_name: str) -> AdapterConfig:
 def set_adapter(model: nn.Module, adapter_name: str) -> None:
     """Make ``adapter_name`` the active adapter of every layer; only it (and ``modules_to_save``) trains.
 
-    Layers without that adapter run their base weights.
+    Layers without that adapter run their base weights; merged layers are unmerged first.
     """
     config = _require_name(model, adapter_name)
     for layer in _require_adapters(model).values():
@@ -397,8 +453,10 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
 
 @contextlib.contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block the model computes with its base weights (merged adapters are unmerged)."""
-    layers = _require_adapters(model).values()
+    """Within the block the model computes with its base weights (merged adapters are unmerged); on exit every
+    layer and ``requires_grad`` flag is as it was."""
+    layers = list(_require_adapters(model).values())
+    grads = [(p, p.requires_grad) for layer in layers for p in layer.parameters() if p is not layer.base_layer.weight]
     for layer in layers:
         layer.enable_adapters(False)
     try:
@@ -406,6 +464,8 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -420,28 +480,46 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
             if not layer.settings:
                 for path in paths[id(layer)]:
                     _install(model, path, layer.base_layer)
+        _forget(model, [adapter_name])
         configs = adapter_configs(model)
-        del configs[adapter_name]
-        if configs:
-            setattr(model, CONFIG_ATTR, configs)
-            if active_adapter(model) is None:
-                set_adapter(model, next(iter(configs)))
-        else:
-            model.__dict__.pop(CONFIG_ATTR, None)
+        if configs and active_adapter(model) is None:
+            set_adapter(model, next(iter(configs)))
 
 
 # --- merging -------------------------------------------------------------------------------------------
+def _check_finite(layers) -> None:
+    for layer in layers:
+        if layer.active_adapter in layer.settings and not torch.isfinite(layer.get_delta_weight()).all():
+            raise ValueError(f"{layer.label}: merging adapter {layer.active_adapter!r} gives NaN / inf weights "
+                             "(a broken adapter); nothing was merged")
+
+
 def merge_adapters(model: nn.Module, safe_merge: bool = False) -> nn.Module:
-    """Fold the active adapter into the base weights (reversible with :func:`unmerge_adapters`)."""
-    for layer in _require_adapters(model).values():
-        if layer.active_adapter in layer.settings:
-            layer.merge(safe_merge=safe_merge)
+    """Fold the active adapter into the base weights (reversible with :func:`unmerge_adapters`).
+
+    ``safe_merge`` checks every layer for NaN / inf before any is merged. Layers already merged are left
+    as they are (one warning).
+    """
+    layers = [layer for layer in _require_adapters(model).values() if layer.active_adapter in layer.settings]
+    if safe_merge:
+        _check_finite(layers)
+    done = [layer.label for layer in layers if layer.active_adapter in layer.merged_adapters]
+    if done:
+        warnings.warn(f"{len(done)} layers (e.g. {done[0]}) are already merged; left as they are", LieraWarning,
+                      stacklevel=2)
+    for layer in layers:
+        if layer.active_adapter not in layer.merged_adapters:
+            layer.merge()
     return model
 
 
 def unmerge_adapters(model: nn.Module) -> nn.Module:
     """Restore the base weights exactly (from the cache kept by ``merge``)."""
-    for layer in _require_adapters(model).values():
+    layers = [layer for layer in _require_adapters(model).values() if layer.merged]
+    if not layers:
+        warnings.warn(f"{type(model).__name__} holds no merged adapters; nothing to unmerge", LieraWarning,
+                      stacklevel=2)
+    for layer in layers:
         layer.unmerge()
     return model
 
@@ -453,22 +531,21 @@ def _unload(model: nn.Module, merge: bool) -> nn.Module:
         base = layer.unload(merge=merge and layer.active_adapter in layer.settings)
         for path in paths[id(layer)]:
             _install(model, path, base)
-    model.__dict__.pop(CONFIG_ATTR, None)
+    _forget(model)
     return model
 
 
 def merge_and_unload(model: nn.Module, safe_merge: bool = False) -> nn.Module:
     """Return ``model`` with plain layers carrying the active adapter merged into their weights.
 
-    Its ``state_dict`` loads strictly into the unadapted architecture.
+    Its ``state_dict`` loads strictly into the unadapted architecture. The base parameters stay as
+    ``apply_adapters`` left them (frozen).
     """
     if safe_merge:
-        for layer in _require_adapters(model).values():
-            if layer.active_adapter in layer.settings and not torch.isfinite(layer.get_delta_weight()).all():
-                raise ValueError(f"{layer.label}: merging gives NaN / inf weights; the adapter is broken")
+        _check_finite(_require_adapters(model).values())
     return _unload(model, merge=True)
 
 
 def unload_adapters(model: nn.Module) -> nn.Module:
-    """Drop the adapters and give back the original base layers (no merge)."""
+    """Drop the adapters and give back the original base layers (no merge; base parameters stay frozen)."""
     return _unload(model, merge=False)

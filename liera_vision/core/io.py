@@ -78,7 +78,11 @@ def write_adapter_file(path: str | os.PathLike, config: AdapterConfig, tensors: 
     """Write ``tensors`` (keys as :func:`adapter_state_dict` gives them) and ``config`` as an adapter file."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path = _path(path, "adapter file")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the adapter file's path (e.g. {path / 'adapter.safetensors'})")
+    # clones: tied modules_to_save tensors share memory, which safetensors refuses to write
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter_config": config.to_json(),
                 "adapter_name": adapter_name}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -93,7 +97,10 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str,
     """
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
+    path = _path(path, "adapter file")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a liera-vision adapter file (a PEFT adapter folder converts with "
+                         "tools/convert_adapter.py or loads through liera_vision.peft)")
     if not path.is_file():
         raise FileNotFoundError(f"adapter file {path} does not exist")
     try:
@@ -114,9 +121,26 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str,
         config = AdapterConfig.from_json(metadata["adapter_config"])
     except ValueError as err:
         raise ValueError(f"{path}: invalid 'adapter_config' metadata: {err}") from err
-    if version == "1":
+    if version == "1":  # names of 0.1.0, and its scale (config only; alpha=None meant alpha = rank)
         tensors = {_legacy_key(k): v for k, v in tensors.items()}
+        for key in [k for k in tensors if k.endswith(".lora_A")]:
+            tensors[key.removesuffix("lora_A") + "lora_scaling"] = torch.tensor(config.alpha / config.rank,
+                                                                                dtype=tensors[key].dtype)
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{path}: tensor '{key}' has dtype {tensor.dtype}; adapter files hold floating-point "
+                             "tensors")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: tensor '{key}' holds NaN / inf values (a diverged or corrupted adapter)")
+        if key.endswith(".lora_scaling") and not float(tensor) > 0:
+            raise ValueError(f"{path}: '{key}' (alpha / rank) must be positive, got {float(tensor)}")
     return config, tensors
+
+
+def _path(path, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"the {what} path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
 
 
 def _legacy_key(key: str) -> str:
@@ -142,6 +166,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     Raises:
         ValueError: naming the file and the keys / fields / shapes at fault.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"load_adapter expects a torch nn.Module, got {type(model).__name__}")
     config, tensors = read_adapter_file(path)
     with model_transaction(model):
         current = adapter_configs(model).get(adapter_name)
@@ -155,10 +181,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
         if any(adapter_name in layer.merged_adapters for layer in adapter_layers(model).values()):
             raise ValueError(f"cannot load {path} into a merged model; call unmerge_adapters(model) first")
         expected = adapter_state_dict(model, adapter_name)
-        # 0.1.0 files kept alpha / rank in the config only: the scale just applied from it stands
-        optional = {k for k in expected if k.endswith(".lora_scaling")} if not any(
-            k.endswith(".lora_scaling") for k in tensors) else set()
-        result = LoadResult(missing_keys=sorted(set(expected) - set(tensors) - optional),
+        result = LoadResult(missing_keys=sorted(set(expected) - set(tensors)),
                             unexpected_keys=sorted(set(tensors) - set(expected)))
         for key in sorted(set(expected) & set(tensors)):
             if expected[key].shape != tensors[key].shape:
@@ -192,9 +215,13 @@ class ParameterCount:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
-    per_layer = []
+    """Trainable / total parameters per module; a parameter shared by several modules (tied weights) counts once."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"count_parameters expects a torch nn.Module, got {type(model).__name__}")
+    per_layer, seen = [], set()
     for name, module in model.named_modules():
-        params = list(module.parameters(recurse=False))
+        params = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in params)
         if params:
             per_layer.append((name or "<root>", sum(numel(p) for p in params if p.requires_grad),
                               sum(numel(p) for p in params)))

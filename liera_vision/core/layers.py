@@ -160,10 +160,15 @@ class AdapterLayer(nn.Module):
     def add_adapter(self, adapter_name: str, config: AdapterConfig, *, rank: int | None = None,
                     alpha: float | str | None = None, scaling: float | None = None) -> None:
         """Add adapter ``adapter_name`` (initialised to the identity). It becomes active if none is."""
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-            raise ValueError(f"adapter name must be a non-empty string without '.', got {adapter_name!r}")
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name \
+                or any(hasattr(container, adapter_name) for container in (self.lora_A, self.lora_scaling)):
+            raise ValueError(f"adapter name must be a non-empty string without '.' that is not an attribute of a torch "
+                             f"module (such as 'train', 'to', 'keys'), got {adapter_name!r}")
         if adapter_name in self.settings:
             raise ValueError(f"{self.label} already has an adapter named {adapter_name!r}")
+        if self.merged:
+            raise ValueError(f"{self.label} holds merged adapters {self.merged_adapters}: a new adapter would start "
+                             "from the merged weight; unmerge first")
         rank = config.rank if rank is None else rank
         alpha = config.alpha if alpha is None else alpha
         weight = self._canonical(self.base_layer.weight)
@@ -196,8 +201,9 @@ class AdapterLayer(nn.Module):
         :func:`~liera_vision.core.reset_adapters` does it for a whole model and also recomputes
         weight-derived scales (``scaling``; ``None`` keeps the current one).
         """
-        if adapter_name in self.merged_adapters:
-            raise ValueError(f"{self.label}: unmerge before resetting adapter {adapter_name!r}")
+        if self.merged:
+            raise ValueError(f"{self.label} holds merged adapters {self.merged_adapters}; unmerge before resetting "
+                             f"adapter {adapter_name!r}")
         settings = self.settings[adapter_name]
         if scaling is not None:
             self.lora_scaling[adapter_name].fill_(float(scaling))
@@ -368,6 +374,12 @@ class AdapterLayer(nn.Module):
             base = super().__getattr__("base_layer")
             return getattr(base, name)  # in_features, kernel_size, stride … of the wrapped layer
 
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("weight", "bias"):
+            raise AttributeError(f"{self.label}: '{name}' of an adapter layer is computed (the adapted weight W' and "
+                                 f"the base bias); set or edit base_layer.{name} instead")
+        super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_adapter():
             return self.base_layer(x)
@@ -418,6 +430,13 @@ class AdapterLayer(nn.Module):
             del self._unmerged[name]
         self.merged_adapters = []
         return self.base_layer
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.merged:
+            warnings.warn(f"state_dict of {self.label} while adapters {self.merged_adapters} are merged: its base "
+                          "weight holds W', which an unmerged model would adapt a second time; unmerge first (or "
+                          "merge_and_unload for a plain model)", LieraWarning, stacklevel=4)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     # --- 0.1.0 state dicts ------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

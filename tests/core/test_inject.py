@@ -73,7 +73,7 @@ def test_modules_to_save_are_never_adapted():
 
 
 @pytest.mark.parametrize("config, message", [
-    (AdapterConfig(targets=["1"]), r"layer '1' .* BatchNorm2d"),
+    (AdapterConfig(targets=["1"]), r"layer '1' .* is a torch.nn.modules.batchnorm.BatchNorm2d"),
     (AdapterConfig(rank=9, targets=["3"]), r"layer '3': rank 9 exceeds .* \(8\)"),
     (AdapterConfig(targets=["nope"]), r"matched no adaptable layer"),
     (AdapterConfig(modules_to_save=["nohead"]), r"modules_to_save pattern 'nohead'"),

@@ -1,9 +1,12 @@
-"""The two places where core reads torch internals (no public API exists); these fail loudly if torch moves them.
+"""The places where core relies on torch internals (no public API in the supported torch range); these fail
+loudly if torch moves them.
 
 * ``bases.has_hooks`` reads ``nn.Module._forward_hooks`` / ``_forward_pre_hooks`` / ``_backward_hooks`` /
   ``_backward_pre_hooks`` (a hooked layer must run its own ``__call__``).
 * ``inject.model_transaction`` snapshots and restores ``_modules`` / ``_parameters`` / ``_buffers`` /
   ``_non_persistent_buffers_set`` (putting a model back exactly after a failed operation).
+* ``AdapterLayer`` overrides ``_load_from_state_dict`` (0.1.0 key names) and ``_save_to_state_dict`` (a warning
+  when merged), the extension points torch's own layers (BatchNorm) use.
 """
 
 from __future__ import annotations
@@ -40,3 +43,19 @@ def test_module_containers_used_by_transactions():
     except RuntimeError:
         pass
     assert list(m.named_modules()) == before and m._non_persistent_buffers_set == {"b"}
+
+
+def test_state_dict_extension_points_are_called():
+    import warnings
+
+    from liera_vision.core import AdapterLayer, merge_adapters
+    from liera_vision.errors import LieraWarning
+
+    model = nn.Sequential(nn.Linear(3, 3))
+    apply_adapters(model, AdapterConfig(rank=1, alpha=1.0, targets="all"))
+    merge_adapters(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.state_dict()
+    assert any(issubclass(w.category, LieraWarning) and "are merged" in str(w.message) for w in caught)
+    assert AdapterLayer._load_from_state_dict is not nn.Module._load_from_state_dict
