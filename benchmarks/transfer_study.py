@@ -4,27 +4,35 @@ a validation split.
 
     python -m benchmarks.transfer_study                 # the documented study: atto, 32 px, ~20 min on 2 cores
     python -m benchmarks.transfer_study --weight-stats convnextv2_base_22k_224_ema.pt --arch base
+    # the real-image suite from an atto pre-trained on letters (another weight decay: another mean|W|), grid only
+    python -m benchmarks.transfer_study --source letters --tasks sk_digits sk_texture sk_rotation \
+        --source-weight-decay 0.05 --phases tune --methods lora liera-taylor
 
 The second prints mean |W| per adapted layer kind of a checkpoint: the study's recommendation for Lie
 updates is alpha / rank ≈ 1 / mean|W| at the protocol's lr (docs/benchmarks.md, part 3).
 
 Steps (every training run is ``VTABClassifier`` + ``VTABDataModule`` under a Lightning ``Trainer``):
 
-1. **Data.** A 10-class source task (which of ten rotated shapes) and four 4-class target tasks in the
-   NOAH / VTAB-1k folder layout: ``synth_shape`` (natural), ``synth_texture`` (specialized: which
-   texture covers the image, like eurosat / patch_camelyon), ``synth_position`` and ``synth_orientation``
-   (structured, like dsprites_loc / dsprites_ori). Generated once, cached under
-   ``~/.cache/liera-vision/transfer-study/``. (``synth_count`` is available too, but at 32 px its objects
-   are 2–3 px across and every method stays near chance.)
-2. **Source model.** ConvNeXt-V2 (``--arch``) fully trained from random init on the source task; the
-   checkpoint (timm layout, safetensors) is cached beside the data.
+1. **Data.** A 10-class source task (``synth_source``: which of ten rotated shapes) and four 4-class
+   target tasks in the NOAH / VTAB-1k folder layout (:mod:`liera_vision.vtab.synthetic`):
+   ``synth_shape`` (natural), ``synth_texture`` (specialized: which texture covers the image, like
+   eurosat / patch_camelyon), ``synth_position`` and ``synth_orientation`` (structured, like
+   dsprites_loc / dsprites_ori). Generated once, cached under ``~/.cache/liera-vision/transfer-study/``.
+   (``synth_count`` is available too, but at 32 px its objects are 2–3 px across and every method
+   stays near chance.) ``--source letters`` and the real-image tasks (``sk_digits``, ``sk_texture``,
+   ``sk_rotation``; :mod:`liera_vision.vtab.realdata`) run the same study on the demo's data.
+2. **Source model.** ConvNeXt-V2 (``--arch``) fully trained from random init on the source task by
+   :func:`liera_vision.vtab.pretrain.pretrain` (the demo's pre-training; ``--source-weight-decay``
+   sets AdamW's weight decay, and with it mean |W|); the checkpoint (timm layout, safetensors) and
+   its record are cached beside the data.
 3. **Tune.** Every method over the same grid: ``--lrs`` for all, ``× --scalings`` (alpha / rank) for the
    adapters; each point trained on ``train800`` and scored on ``val200`` of every target task (seed 0).
    A method's setting is the point with the best mean validation accuracy over the tasks (ties: the
    smaller lr, then the smaller scaling). Test data is never looked at.
-4. **Final.** Each method at its chosen setting, trained on ``train800val200`` and tested on ``test``,
-   ``--seeds`` seeds per task. Reported: mean ± std top-1, the chosen settings, trainable parameters,
-   and how far each method moved the adapted layers (``‖W' − W‖ / ‖W‖``).
+4. **Final** (``--phases`` may skip it). Each method at its chosen setting, trained on
+   ``train800val200`` and tested on ``test``, ``--seeds`` seeds per task. Reported: mean ± std top-1,
+   the chosen settings, trainable parameters, and how far each method moved the adapted layers
+   (``‖W' − W‖ / ‖W‖``).
 
 Runs go to ``<out>/transfer_study-runs.jsonl`` (one JSON line per finished run, appended atomically):
 running the command again skips finished runs, so an interrupted study resumes where it stopped.
@@ -38,9 +46,7 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
 import statistics
 import time
 import warnings
@@ -50,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks.common import (
@@ -64,179 +69,43 @@ from benchmarks.common import (
     write_csv,
     write_json,
 )
-from liera_vision.core import AdapterConfig, AdapterLayer, select_targets
+from liera_vision.core import AdapterConfig, AdapterLayer
 from liera_vision.models import create_convnextv2
-from liera_vision.vtab import synthetic
+from liera_vision.vtab import TASKS, realdata, synthetic
+from liera_vision.vtab.pretrain import PretrainSettings, adapted_layer_kinds, letters_backbone, pretrain, weight_stats
 from liera_vision.vtab.results import append_jsonl_atomic, read_jsonl
 
 VERSION = 1
 METHODS = ("linear", "full", *ADAPTER_METHODS)  # study names; adapters as in benchmarks.common
-SOURCE = "synth_source"
-SOURCE_CLASSES = 10
-# target task -> VTAB group; all have 4 classes
+SOURCES = {"shapes": ("synth_source", 10), "letters": (realdata.SOURCE_TASK, len(realdata.LETTERS))}
+# target task -> VTAB group (class counts: synthetic.num_classes / the registry)
 TARGETS = {"synth_shape": "natural", "synth_texture": "specialized", "synth_count": "structured",
-           "synth_orientation": "structured", "synth_position": "structured"}
+           "synth_orientation": "structured", "synth_position": "structured",
+           **{t: TASKS[t].group for t in realdata.TASK_NAMES}}
 DEFAULT_TARGETS = ("synth_shape", "synth_texture", "synth_position", "synth_orientation")
-TARGET_CLASSES = 4
+DATA_LAYOUT = 2  # the cache folder's format (2: written by liera_vision.vtab.noah)
 RUNS_FILE = "transfer_study-runs.jsonl"
 STEM = "transfer_study"
 
 
-# --- generated tasks --------------------------------------------------------------------------
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    base = rng.uniform(0, 255, 3)
-    ramp = np.linspace(-1, 1, size)[None, :, None] * rng.uniform(-40, 40, 3)
-    return base + ramp + rng.normal(0, 18, (size, size, 3))
+# --- tasks ------------------------------------------------------------------------------------
+def num_classes(task: str) -> int:
+    """Class count of a target task: generated (:mod:`liera_vision.vtab.synthetic`) or real (the registry)."""
+    return TASKS[task].num_classes if task in realdata.TASK_NAMES else synthetic.num_classes(task)
 
 
-def _far_color(rng: np.random.Generator, background: np.ndarray) -> tuple[int, ...]:
-    mean = background.reshape(-1, 3).mean(0)
-    return tuple(int(c) for c in np.where(mean > 127, rng.uniform(0, 90, 3), rng.uniform(165, 255, 3)))
-
-
-def _polygon(cx: float, cy: float, radii: list[float], start: float) -> list[tuple[float, float]]:
-    n = len(radii)
-    return [(cx + r * math.cos(start + 2 * math.pi * i / n), cy + r * math.sin(start + 2 * math.pi * i / n))
-            for i, r in enumerate(radii)]
-
-
-def _disc(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, **kwargs) -> None:
-    draw.ellipse([cx - r, cy - r, cx + r, cy + r], **kwargs)
-
-
-def draw_source(label: int, size: int, rng: np.random.Generator) -> Image.Image:
-    """The source task: which of ten shapes, at a random place, size and rotation.
-
-    triangle, square, circle, star, ring, cross, elongated ellipse, half disc, frame, pair of dots.
-    """
-    background = _background(rng, size)
-    image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
-    draw, color = ImageDraw.Draw(image), _far_color(rng, background)
-    r = size * rng.uniform(0.22, 0.34)
-    cx, cy = rng.uniform(r, size - r, 2)
-    start = rng.uniform(0, 2 * math.pi)
-    c, s = math.cos(start), math.sin(start)
-    if label in (0, 1):  # triangle, square
-        draw.polygon(_polygon(cx, cy, [r] * (label + 3), start), fill=color)
-    elif label == 2:
-        _disc(draw, cx, cy, r, fill=color)
-    elif label == 3:  # five-pointed star
-        draw.polygon(_polygon(cx, cy, [r, 0.4 * r] * 5, start), fill=color)
-    elif label == 4:  # ring
-        _disc(draw, cx, cy, r, outline=color, width=max(2, round(0.3 * r)))
-    elif label == 5:  # cross: two bars at right angles
-        w = 0.3 * r
-        for dx, dy in ((c * r, s * r), (-s * r, c * r)):
-            px, py = -dy * w / r, dx * w / r
-            draw.polygon([(cx - dx + px, cy - dy + py), (cx + dx + px, cy + dy + py),
-                          (cx + dx - px, cy + dy - py), (cx - dx - px, cy - dy - py)], fill=color)
-    elif label == 6:  # ellipse, 2.2:1
-        angles = [2 * math.pi * i / 24 for i in range(24)]
-        draw.polygon([(cx + r * math.cos(a) * c - 0.45 * r * math.sin(a) * s,
-                       cy + r * math.cos(a) * s + 0.45 * r * math.sin(a) * c) for a in angles], fill=color)
-    elif label == 7:  # half disc
-        draw.polygon([(cx + r * math.cos(start + math.pi * i / 16), cy + r * math.sin(start + math.pi * i / 16))
-                      for i in range(17)], fill=color)
-    elif label == 8:  # frame: a square outline
-        draw.polygon(_polygon(cx, cy, [r] * 4, start), outline=color, width=max(2, round(0.25 * r)))
-    else:  # pair of dots
-        for sign in (-1, 1):
-            _disc(draw, cx + sign * 0.6 * r * c, cy + sign * 0.6 * r * s, 0.35 * r, fill=color)
-    return image
-
-
-def draw_texture(label: int, size: int, rng: np.random.Generator) -> Image.Image:
-    """Which texture covers the image (stripes, checkerboard, dot lattice, blobs): a 'specialized' task."""
-    theta, freq = rng.uniform(0, math.pi), rng.uniform(2.5, 5.0) / size
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    u = (xs * math.cos(theta) + ys * math.sin(theta)) * 2 * math.pi * freq + rng.uniform(0, 2 * math.pi)
-    v = (-xs * math.sin(theta) + ys * math.cos(theta)) * 2 * math.pi * freq + rng.uniform(0, 2 * math.pi)
-    if label == 0:
-        mask = np.sin(u) > 0
-    elif label == 1:
-        mask = np.sin(u) * np.sin(v) > 0
-    elif label == 2:
-        mask = np.cos(u) + np.cos(v) > 1.0
-    else:  # blobs: thresholded smooth noise
-        coarse = Image.fromarray(rng.normal(0, 1, (5, 5)).astype(np.float32), mode="F")
-        mask = np.asarray(coarse.resize((size, size), Image.BICUBIC)) > 0
-    background = _background(rng, size)
-    color = np.asarray(_far_color(rng, background), dtype=np.float64)
-    pixels = np.where(mask[..., None], color + rng.normal(0, 18, (size, size, 3)), background)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def draw(task: str, label: int, size: int, rng: np.random.Generator) -> Image.Image:
-    if task == SOURCE:
-        return draw_source(label, size, rng)
-    if task == "synth_texture":
-        return draw_texture(label, size, rng)
-    return synthetic.draw_sample(task, label, size, rng)
-
-
-def write_task(root: Path, task: str, classes: int, sizes: dict[str, int], image_size: int, seed: int) -> Path:
-    """``root/task`` in NOAH layout (``synthetic.generate``'s conventions: balanced labels, manifest, atomic)."""
-    manifest = {"version": VERSION, "task": task, "classes": classes, "sizes": sizes, "image_size": image_size,
-                "seed": seed}
-    folder = root / task
-    done = folder / synthetic.MANIFEST
-    if done.is_file() and json.loads(done.read_text()) == manifest:
-        return folder
-    if folder.exists():
-        raise ValueError(f"{folder} holds another or an unfinished generation; delete it")
-    tmp = root / f".{task}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        lines: dict[str, list[str]] = {"train800val200": []}
-        for split, count in sizes.items():
-            digest = hashlib.sha256(repr((VERSION, seed, task, split)).encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            (tmp / "images" / split).mkdir(parents=True)
-            lines[split] = []
-            for i, label in enumerate(rng.permutation(np.arange(count) % classes).tolist()):
-                rel = f"images/{split}/{i:06d}.png"
-                draw(task, label, image_size, rng).save(tmp / rel)
-                lines[split].append(f"{rel} {label}")
-                if split in ("train800", "val200"):
-                    lines["train800val200"].append(f"{rel} {label}")
-        for split, rows in lines.items():
-            (tmp / f"{split}.txt").write_text("\n".join(rows) + "\n")
-        (tmp / synthetic.MANIFEST).write_text(json.dumps(manifest) + "\n")
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+def write_targets(root: Path, tasks: list[str], sizes: dict[str, int], image_size: int) -> None:
+    """The target tasks in NOAH layout under ``root`` (generated ones as PNG; cached, deterministic)."""
+    real = [t for t in tasks if t in realdata.TASK_NAMES]
+    generated = [t for t in tasks if t not in realdata.TASK_NAMES]
+    if generated:
+        synthetic.generate(root, generated, image_size=image_size, sizes=sizes, seed=0, fmt="png")
+    if real:
+        realdata.generate(root, real, image_size=image_size, sizes=sizes, seed=0)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liera-vision" / "transfer-study"
-
-
-# --- weights ----------------------------------------------------------------------------------
-def layer_kind(module: torch.nn.Module) -> str:
-    kh, kw = module.kernel_size
-    if module.groups > 1 and module.groups == module.in_channels:
-        return f"depthwise {kh}x{kw}"
-    return f"{'stem' if module.in_channels == 3 else 'downsample'} {kh}x{kw}"
-
-
-def adapted_layers(model: torch.nn.Module) -> dict[str, str]:
-    """Name -> kind of the layers every adapter method adapts (the paper's: convs with a kernel > 1×1)."""
-    return {name: layer_kind(model.get_submodule(name)) for name in select_targets(model, AdapterConfig())}
-
-
-def weight_stats(model: torch.nn.Module) -> list[dict]:
-    """Mean |W| per adapted layer kind (a Lie step in W-space is ~|W| × an additive one)."""
-    by_kind: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for name, kind in adapted_layers(model).items():
-        by_kind[kind].append(model.get_submodule(name).weight.detach().flatten())
-    rows = [{"kind": kind, "layers": len(ws), "entries": sum(w.numel() for w in ws),
-             "mean_abs": torch.cat(ws).abs().mean().item(), "std": torch.cat(ws).std().item()}
-            for kind, ws in by_kind.items()]
-    everything = torch.cat([w for ws in by_kind.values() for w in ws])
-    rows.append({"kind": "all adapted", "layers": sum(r["layers"] for r in rows), "entries": everything.numel(),
-                 "mean_abs": everything.abs().mean().item(), "std": everything.std().item()})
-    return rows
 
 
 # --- one training run (runs in a worker process) ------------------------------------------------
@@ -247,10 +116,12 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def model_kwargs(method: str, rank: int, scaling: float | None) -> dict:
+def model_kwargs(method: str, rank: int, scaling: float | str | None) -> dict:
+    """``scaling``: alpha / rank, or a weight-derived rule (``"auto"``, ``"auto-kind"``) passed on as alpha."""
     if method in ("linear", "full"):
         return {"finetune": method}
-    adapter = AdapterConfig(rank=rank, alpha=scaling * rank, modules_to_save=["head"], **ADAPTER_METHODS[method])
+    alpha = scaling if isinstance(scaling, str) else scaling * rank
+    adapter = AdapterConfig(rank=rank, alpha=alpha, modules_to_save=["head"], **ADAPTER_METHODS[method])
     return {"finetune": "adapter", "adapter": adapter}
 
 
@@ -267,6 +138,24 @@ def relative_update(model: torch.nn.Module, before: dict[str, torch.Tensor], kin
     return out
 
 
+def _resolved_scalings(model) -> dict[str, float] | None:
+    """The alpha / rank each adapted layer kind got (one number per kind; the mean if a rule gave layers several)."""
+    report = getattr(model, "report", None)
+    if report is None:
+        return None
+    per_kind: dict[str, list[float]] = defaultdict(list)
+    for layer in report.layers:
+        per_kind[layer.kind].append(layer.scaling)
+    return {kind: statistics.fmean(values) for kind, values in per_kind.items()}
+
+
+def scaling_text(scaling: float | str | None) -> str:
+    """``α/r 8`` for a number, ``α/r auto`` for a rule, empty for the methods without one."""
+    if scaling is None:
+        return ""
+    return f"α/r {scaling}" if isinstance(scaling, str) else f"α/r {scaling:g}"
+
+
 def train_run(spec: dict) -> dict:
     """Fine-tune the source model on one task with one method and setting; append and return its record."""
     import lightning as L
@@ -275,12 +164,13 @@ def train_run(spec: dict) -> dict:
 
     _quiet()
     start = time.time()
-    kinds = adapted_layers(create_convnextv2(spec["arch"], TARGET_CLASSES))
+    classes = num_classes(spec["task"])
+    kinds = adapted_layer_kinds(create_convnextv2(spec["arch"], classes))  # before the seed: it draws numbers
     L.seed_everything(spec["seed"], verbose=False)
-    model = VTABClassifier(arch=spec["arch"], num_classes=TARGET_CLASSES, checkpoint=spec["checkpoint"],
+    model = VTABClassifier(arch=spec["arch"], num_classes=classes, checkpoint=spec["checkpoint"],
                            lr=spec["lr"], warmup_epochs=spec["warmup_epochs"],
                            **model_kwargs(spec["method"], spec["rank"], spec["scaling"]))
-    data = VTABDataModule(root=spec["data_root"], task=spec["task"], num_classes=TARGET_CLASSES,
+    data = VTABDataModule(root=spec["data_root"], task=spec["task"], num_classes=classes,
                           protocol="tune" if spec["phase"] == "tune" else "final", batch_size=spec["batch_size"],
                           num_workers=0, image_size=spec["image_size"])
     before = {}
@@ -296,48 +186,11 @@ def train_run(spec: dict) -> dict:
               "group": TARGETS[spec["task"]], "eval_split": data.eval_split,
               "acc_final": model.test_accuracy, "acc_best": model.test_accuracy,
               "trainable_params": model.parameter_count.trainable,
+              "scaling_resolved": _resolved_scalings(model),
               "rel_update": relative_update(model.model, before, kinds) if spec["method"] != "linear" else None,
               "wall_s": round(time.time() - start, 2)}
     append_jsonl_atomic(spec["runs_file"], record)
     return record
-
-
-# --- the source model ---------------------------------------------------------------------------
-def pretrain_source(args, data_root: Path, path: Path) -> dict:
-    """Train ``args.arch`` in full on the source task (cached): the 'pre-trained' weights of the study."""
-    meta_path = path.with_suffix(".json")
-    if path.is_file() and meta_path.is_file():
-        return json.loads(meta_path.read_text())
-    import lightning as L
-    from safetensors.torch import save_file
-
-    from liera_vision.vtab import VTABClassifier, VTABDataModule
-
-    start = time.time()
-    L.seed_everything(0, verbose=False)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with warnings.catch_warnings():  # training from random init is the point here, not a mistake to warn about
-        warnings.filterwarnings("ignore", message=".*RANDOM-INITIALISED")
-        model = VTABClassifier(arch=args.arch, num_classes=SOURCE_CLASSES, finetune="full", lr=args.source_lr,
-                               warmup_epochs=1)
-    data = VTABDataModule(root=str(data_root), task=SOURCE, num_classes=SOURCE_CLASSES, batch_size=args.batch_size,
-                          num_workers=0, image_size=args.image_size)
-    trainer = L.Trainer(max_epochs=args.source_epochs, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec)")
-        trainer.fit(model, datamodule=data)
-        trainer.test(model, datamodule=data, verbose=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    meta = {"test_accuracy": model.test_accuracy, "epochs": args.source_epochs, "lr": args.source_lr,
-            "train_images": args.source_sizes["train800"] + args.source_sizes["val200"],
-            "test_images": args.source_sizes["test"], "wall_s": round(time.time() - start, 1)}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 # --- the study --------------------------------------------------------------------------------
@@ -353,10 +206,19 @@ def run_key(record: dict) -> tuple:
 
 
 def study_fingerprint(args) -> str:
-    """What makes two runs comparable; the grids, methods, tasks and seeds only select runs."""
+    """What makes two runs comparable; the grids, methods, tasks, seeds and phases only select runs.
+
+    The source and its weight decay count only when they differ from the documented study's (shapes, 1e-4),
+    so that study's runs file stays valid.
+    """
     keys = ("arch", "image_size", "sizes", "source_sizes", "source_epochs", "source_lr", "epochs", "warmup_epochs",
             "batch_size", "rank")
-    text = json.dumps({"version": VERSION, **{k: getattr(args, k) for k in keys}}, sort_keys=True)
+    fields = {"version": VERSION, **{k: getattr(args, k) for k in keys}}
+    if args.source != "shapes":
+        fields["source"] = args.source
+    if args.source_weight_decay != 1e-4:
+        fields["source_weight_decay"] = args.source_weight_decay
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -381,9 +243,8 @@ def execute(specs: list[dict], workers: int, label: str) -> list[str]:
         bar = progress.add_task(label, total=len(specs))
 
         def done(spec: dict, record: dict | None, error: BaseException | None) -> None:
-            tag = (f"{spec['phase']} {spec['method']} lr={spec['lr']:g}"
-                   + ("" if spec["scaling"] is None else f" scaling={spec['scaling']:g}")
-                   + f" {spec['task']} seed {spec['seed']}")
+            tag = " ".join(filter(None, (spec["phase"], spec["method"], f"lr {spec['lr']:g}",
+                                         scaling_text(spec["scaling"]), spec["task"], f"seed {spec['seed']}")))
             if error is not None:
                 failures.append(f"{tag}: {type(error).__name__}: {error}")
                 progress.console.print(f"[red]FAILED[/red] {tag}: {type(error).__name__}: {error}")
@@ -462,7 +323,7 @@ def _pm(value: tuple[float, float]) -> str:
 
 
 def _setting(lr: float, scaling: float | None) -> str:
-    return f"lr {lr:g}" + ("" if scaling is None else f", α/r {scaling:g}")
+    return ", ".join(filter(None, (f"lr {lr:g}", scaling_text(scaling))))
 
 
 def plot(summary: list[dict], grid_rows: list[dict], tasks: list[str], lrs: list[float], scalings: list[float],
@@ -485,14 +346,16 @@ def plot(summary: list[dict], grid_rows: list[dict], tasks: list[str], lrs: list
     bars.set_xticks(range(len(labels)), labels)
     bars.set_ylabel("test top-1 (%), mean ± std over seeds")
     bars.set_ylim(0, 100)
-    bars.axhline(100 / TARGET_CLASSES, color="k", lw=0.8, ls=":")
+    chance = [100 / num_classes(t) for t in tasks]
+    for j, level in enumerate([*chance, statistics.fmean(chance)]):  # dotted: chance of each task, of the mean
+        bars.hlines(level, j - 0.45, j + 0.45, colors="k", lw=0.8, ls=":", label="chance" if j == 0 else None)
     bars.grid(axis="y", alpha=0.3)
     bars.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     val = {(r["method"], r["lr"], r["scaling"]): r["val_mean"] for r in grid_rows}
     for k, method in enumerate(adapters):
         ax = fig.add_subplot(spec[1, k])
         image = np.array([[val.get((method, lr, s), np.nan) * 100 for s in scalings] for lr in lrs])
-        ax.imshow(image, vmin=100 / TARGET_CLASSES, vmax=100, cmap="viridis", aspect="auto")
+        ax.imshow(image, vmin=statistics.fmean(chance), vmax=100, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(image):
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 70 else "k")
         row = next(r for r in summary if r["method"] == method)
@@ -529,8 +392,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images per target task in train800 / val200 / test")
     parser.add_argument("--source-sizes", type=int, nargs=3, default=[5400, 600, 1000],
                         metavar=("TRAIN", "VAL", "TEST"), help="images of the source task (it trains on both)")
+    parser.add_argument("--source", choices=list(SOURCES), default="shapes",
+                        help="pre-training task: shapes (synth_source, 10 classes) or letters (26; the demo's)")
     parser.add_argument("--source-epochs", type=int, default=10)
     parser.add_argument("--source-lr", type=float, default=1e-3)
+    parser.add_argument("--source-weight-decay", type=float, default=1e-4,
+                        help="AdamW weight decay of the pre-training (sets the backbone's mean |W|)")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per run")
     parser.add_argument("--warmup-epochs", type=float, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -541,6 +408,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TARGETS), choices=list(TARGETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the final runs")
+    parser.add_argument("--phases", nargs="+", choices=["tune", "final"], default=["tune", "final"],
+                        help="'tune' alone: only the validation grid (no test runs)")
     parser.add_argument("--workers", type=int, default=2, help="training processes (one torch thread each)")
     parser.add_argument("--cache", type=Path, default=None, help="data and source model (default: "
                                                                 "~/.cache/liera-vision/transfer-study)")
@@ -559,6 +428,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{key} must be positive, got {getattr(args, key)}")
     if args.warmup_epochs < 0:
         parser.error(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    if args.source_weight_decay < 0:
+        parser.error(f"--source-weight-decay must be >= 0, got {args.source_weight_decay}")
+    if "tune" not in args.phases:
+        parser.error("--phases needs 'tune' (the finals run at the settings it chooses)")
     args.sizes = dict(zip(synthetic.DEFAULT_SIZES, args.sizes))
     args.source_sizes = dict(zip(synthetic.DEFAULT_SIZES, args.source_sizes))
     args.lrs, args.scalings = sorted(set(args.lrs)), sorted(set(args.scalings))
@@ -588,31 +461,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the source model trains here; the runs in workers
     env = environment(torch.device("cpu"), "benchmarks.transfer_study", list(argv if argv is not None else []))
     study = study_fingerprint(args)
+    runs_file = args.out / RUNS_FILE
+    done = finished_runs(runs_file, study)  # a runs file of another setting is refused before anything trains
     sizes, src = args.sizes, args.source_sizes
-    root = args.cache / (f"v{VERSION}-{args.image_size}px-targets-{'-'.join(map(str, sizes.values()))}"
+    root = args.cache / (f"v{VERSION}.{DATA_LAYOUT}-{args.image_size}px-targets-{'-'.join(map(str, sizes.values()))}"
                          f"-source-{'-'.join(map(str, src.values()))}")
     console.print(f"transfer study {study}: convnextv2_{args.arch}, {args.image_size} px, data and source model "
                   f"in {root}")
-    write_task(root, SOURCE, SOURCE_CLASSES, src, args.image_size, seed=0)
-    for task in args.tasks:
-        write_task(root, task, TARGET_CLASSES, sizes, args.image_size, seed=0)
-    checkpoint = root / (f"source-{args.arch}-{args.source_epochs}ep-lr{args.source_lr:g}-"
-                         f"b{args.batch_size}.safetensors")
-    cached = checkpoint.is_file()
-    console.print(("source model: cached " if cached else "pre-training the source model: ") + str(checkpoint))
-    source = pretrain_source(args, root, checkpoint)
-    console.print(f"source model: {100 * source['test_accuracy']:.1f}% test top-1 on {SOURCE} ({SOURCE_CLASSES} "
-                  f"classes), {source['epochs']} epochs, {source['wall_s']:.0f} s")
+    write_targets(root, args.tasks, sizes, args.image_size)
+    source_task, source_classes = SOURCES[args.source]
+    settings = PretrainSettings(arch=args.arch, image_size=args.image_size, epochs=args.source_epochs,
+                                lr=args.source_lr, weight_decay=args.source_weight_decay,
+                                batch_size=args.batch_size, warmup_epochs=1.0, seed=0)
+    console.print(f"source model: {source_task}, {settings.tag()}")
+    if args.source == "letters":
+        backbone = letters_backbone(args.cache, settings, sizes=src, echo=console.print)
+    else:
+        synthetic.generate(root, [source_task], image_size=args.image_size, sizes=src, seed=0, fmt="png")
+        backbone = pretrain(root, source_task, source_classes, root, settings, echo=console.print)
+    checkpoint, source = backbone.path, backbone.record
+    cached = backbone.cached
+    console.print(f"source model{' (cached)' if cached else ''}: {100 * source['test_accuracy']:.1f}% test top-1 on "
+                  f"{source_task} ({source_classes} classes), {settings.epochs} epochs, {source['wall_s']:.0f} s; "
+                  f"{checkpoint}")
     torch.manual_seed(0)
-    random_stats = weight_stats(create_convnextv2(args.arch, SOURCE_CLASSES))
-    source_stats = weight_stats(create_convnextv2(args.arch, SOURCE_CLASSES, checkpoint=checkpoint))
+    random_stats = weight_stats(create_convnextv2(args.arch, source_classes))
+    source_stats = weight_stats(create_convnextv2(args.arch, source_classes, checkpoint=checkpoint))
     weights = [{"kind": r["kind"], "layers": r["layers"], "entries": r["entries"], "random": f"{r['mean_abs']:.4f}",
                 "source": f"{s['mean_abs']:.4f}", "inverse": f"{1 / s['mean_abs']:.0f}"}
                for r, s in zip(random_stats, source_stats)]
     print_table("Adapted layers of the source model (stem, downsamples, depthwise convs)", weights, WEIGHT_COLUMNS)
 
-    runs_file = args.out / RUNS_FILE
-    done = finished_runs(runs_file, study)
     common = {"study": study, "arch": args.arch, "checkpoint": str(checkpoint), "data_root": str(root),
               "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
               "warmup_epochs": args.warmup_epochs, "rank": args.rank, "runs_file": str(runs_file)}
@@ -634,11 +513,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     done = run_phase("tune", tune_specs, "train800 -> val200")
     chosen, grid_rows = choose([done[run_key(s)] for s in tune_specs], args.methods, args.tasks)
 
-    final_specs = [{**common, "phase": "final", "method": m, "task": t, "seed": seed, "lr": chosen[m]["lr"],
-                    "scaling": chosen[m]["scaling"]} for m in args.methods for t in args.tasks for seed in args.seeds]
-    done = run_phase("final", final_specs, "train800val200 -> test")
-    final = [done[run_key(s)] for s in final_specs]
-    summary = summarise(final, chosen, args.methods, args.tasks, args.seeds)
+    summary = []
+    if "final" in args.phases:
+        final_specs = [{**common, "phase": "final", "method": m, "task": t, "seed": seed, "lr": chosen[m]["lr"],
+                        "scaling": chosen[m]["scaling"]}
+                       for m in args.methods for t in args.tasks for seed in args.seeds]
+        done = run_phase("final", final_specs, "train800val200 -> test")
+        final = [done[run_key(s)] for s in final_specs]
+        summary = summarise(final, chosen, args.methods, args.tasks, args.seeds)
     wall = round(time.time() - start, 1)
 
     # --- tables, files ---
@@ -655,13 +537,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "trainable_params": f"{r['trainable_params']:,}", **{t: _pm(r[t]) for t in [*args.tasks, "mean"]},
                     "val_acc": f"{100 * r['val_acc']:.1f}",
                     "rel_update": "–" if r["rel_update"] is None else f"{r['rel_update']:.3f}"} for r in summary]
-    title = (f"Transfer study: convnextv2_{args.arch} pre-trained on {SOURCE}, {args.image_size} px, rank {args.rank}, "
-             f"{args.epochs} epochs; test top-1 % (mean ± std over seeds {args.seeds})")
+    title = (f"Transfer study: convnextv2_{args.arch} pre-trained on {source_task} (wd {args.source_weight_decay:g}), "
+             f"{args.image_size} px, rank {args.rank}, {args.epochs} epochs; test top-1 % (mean ± std over seeds "
+             f"{args.seeds})")
     print_table("Tuning grid: validation top-1 % (train800 -> val200, seed 0)", grid_table, grid_columns)
-    print_table(title, final_table, final_columns)
+    if summary:
+        print_table(title, final_table, final_columns)
     source_note = "was cached" if cached else f"took {source['wall_s']:.0f} s"
-    console.print(f"wall time {wall:.0f} s (tune {phase_wall['tune']:.0f} s, final {phase_wall['final']:.0f} s; "
-                  f"the source model {source_note}), "
+    phases = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in phase_wall.items())
+    console.print(f"wall time {wall:.0f} s ({phases}; the source model {source_note}), "
                   f"load average {env['load_average_1_5_15'][0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -669,12 +553,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                **{t: round(100 * r[t], 2) for t in args.tasks},
                                                "val_mean": round(100 * r["val_mean"], 2), "chosen": r["chosen"]}
                                               for r in grid_rows])
-    write_csv(args.out / f"{STEM}.csv", [
-        {"method": r["method"], "lr": r["lr"], "scaling": r["scaling"], "trainable_params": r["trainable_params"],
-         "task": t, "group": TARGETS.get(t, ""), "acc_mean": round(r[t][0], 2), "acc_std": round(r[t][1], 2),
-         "seeds": len(args.seeds), "rel_update": r["rel_update"]}
-        for r in summary for t in [*args.tasks, "mean"]])
-    plot(summary, grid_rows, args.tasks, args.lrs, args.scalings, title, args.out / f"{STEM}.png")
+    if summary:
+        write_csv(args.out / f"{STEM}.csv", [
+            {"method": r["method"], "lr": r["lr"], "scaling": r["scaling"], "trainable_params": r["trainable_params"],
+             "task": t, "group": TARGETS.get(t, ""), "acc_mean": round(r[t][0], 2), "acc_std": round(r[t][1], 2),
+             "seeds": len(args.seeds), "rel_update": r["rel_update"]}
+            for r in summary for t in [*args.tasks, "mean"]])
+        plot(summary, grid_rows, args.tasks, args.lrs, args.scalings, title, args.out / f"{STEM}.png")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     write_json(args.out / f"{STEM}.json", {
         "environment": {**env, "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
@@ -684,9 +569,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "weight_stats": {"random_init": random_stats, "source": source_stats},
         "chosen": chosen, "summary": summary,
         "markdown": "\n\n".join([markdown_table(weights, WEIGHT_COLUMNS), markdown_table(grid_table, grid_columns),
-                                 markdown_table(final_table, final_columns)]),
+                                   *([markdown_table(final_table, final_columns)] if summary else [])]),
     })
-    console.print(f"wrote {args.out / STEM}.{{csv,png,json}}, {args.out / STEM}-grid.csv; runs in {runs_file}")
+    written = f"{args.out / STEM}.{{csv,png,json}}" if summary else f"{args.out / STEM}.json"
+    console.print(f"wrote {written}, {args.out / STEM}-grid.csv; runs in {runs_file}")
     return summary
 
 

@@ -1,4 +1,5 @@
-"""Package layout and import directions (DESIGN.md): core stays torch-only and light."""
+"""Package layout and import directions: core imports torch only and stays light; the Lightning, MMDetection and
+PEFT layers import core, never the other way round."""
 
 from __future__ import annotations
 

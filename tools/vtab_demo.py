@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""The VTAB-1k pipeline on generated data in a few minutes on CPU (no downloads): LieRA r8 vs LoRA r8.
+"""The main job: LieRA vs LoRA, full fine-tuning and a linear probe on real images, from a pre-trained backbone.
 
-Generates small tasks in the NOAH folder layout (cached), sweeps configs/vtab/liera_r8.yaml and
-lora_r8.yaml over them with a ConvNeXt-V2 atto at 64 px, and prints the report table. The
-backbone is random-initialised unless --checkpoint is given. --help lists the knobs, including
-how to point it at real VTAB-1k data and real weights.
+Builds a small VTAB-style suite from the real images scikit-learn and scikit-image ship (one task per
+VTAB group), pre-trains a ConvNeXt-V2 atto on rendered letters (both cached), runs every method x seed
+through the VTAB pipeline (configs/vtab, LightningCLI, sweep) and prints the report table.
+--help lists the knobs, including how to point it at real VTAB-1k data and real weights.
 """
 
 import sys

@@ -19,22 +19,27 @@ import torch.nn.functional as F
 from benchmarks import transfer_study as ts
 from liera_vision.core import AdapterConfig, apply_adapters
 from liera_vision.models import create_convnextv2
+from liera_vision.vtab import synthetic
 from liera_vision.vtab.data import read_split
 
 
 def test_generated_tasks_are_noah_folders_with_balanced_deterministic_labels(tmp_path):
     sizes = {"train800": 8, "val200": 4, "test": 8}
-    folder = ts.write_task(tmp_path, "synth_texture", 4, sizes, 32, seed=0)
+    ts.write_targets(tmp_path, ["synth_texture"], sizes, 32)
+    folder = tmp_path / "synth_texture"
     train, val = read_split(folder, "train800", 4), read_split(folder, "val200", 4)
-    assert read_split(folder, "train800val200", 4) == train + val
+    union = read_split(folder, "train800val200", 4)
+    assert [(p.read_bytes(), label) for p, label in union] == [(p.read_bytes(), label) for p, label in train + val]
     assert sorted(label for _, label in train) == [0, 0, 1, 1, 2, 2, 3, 3]
-    again = ts.write_task(tmp_path / "again", "synth_texture", 4, sizes, 32, seed=0)
-    assert (folder / "train800.txt").read_text() == (again / "train800.txt").read_text()
-    with pytest.raises(ValueError, match="holds another or an unfinished generation"):
-        ts.write_task(tmp_path, "synth_texture", 4, {**sizes, "test": 9}, 32, seed=0)
+    assert {p.suffix for p, _ in union} == {".png"}
+    ts.write_targets(tmp_path / "again", ["synth_texture"], sizes, 32)
+    assert (folder / "train800.txt").read_text() == (tmp_path / "again" / "synth_texture" / "train800.txt").read_text()
+    with pytest.raises(ValueError, match="synth_texture was generated with other parameters"):
+        ts.write_targets(tmp_path, ["synth_texture"], {**sizes, "test": 9}, 32)
     rng = np.random.default_rng(0)
-    for label in range(ts.SOURCE_CLASSES):  # every source class draws something on the background
-        assert np.asarray(ts.draw_source(label, 32, rng)).std() > 10
+    for label in range(10):  # every source class draws something on the background
+        assert np.asarray(synthetic.draw_source(label, 32, rng)).std() > 10
+    assert [ts.num_classes(t) for t in ("synth_texture", "sk_digits", "sk_texture")] == [4, 10, 6]
 
 
 def test_choice_is_the_best_mean_validation_accuracy_ties_to_the_smaller_setting():
@@ -57,7 +62,8 @@ def test_choice_is_the_best_mean_validation_accuracy_ties_to_the_smaller_setting
 def test_weight_stats_of_a_random_init_match_timms_init():
     """timm's ConvNeXt init is trunc_normal(std=0.02): E|W| = 0.02 * sqrt(2 / pi) = 0.01596 (truncation aside)."""
     rows = {r["kind"]: r for r in ts.weight_stats(create_convnextv2("atto", 4))}
-    assert set(rows) == {"stem 4x4", "downsample 2x2", "depthwise 7x7", "all adapted"}
+    # the core's layer kinds: the 4x4 stem, three 2x2 downsamples, twelve depthwise 7x7 convs
+    assert sorted(r["layers"] for r in rows.values()) == [1, 3, 12, 16] and len(rows) == 4
     assert rows["all adapted"]["layers"] == 16
     assert rows["all adapted"]["mean_abs"] == pytest.approx(0.02 * (2 / np.pi) ** 0.5, rel=0.03)
 
@@ -65,15 +71,17 @@ def test_weight_stats_of_a_random_init_match_timms_init():
 def test_weight_stats_command_reads_a_checkpoint(tmp_path, capsys):
     from safetensors.torch import save_file
 
+    torch.manual_seed(0)
     model = create_convnextv2("atto", 10)
     with torch.no_grad():
         model.stem[0].weight.mul_(10)  # 1,920 of the 360,880 adapted entries
     save_file(model.state_dict(), str(tmp_path / "atto.safetensors"))
     assert ts.main(["--weight-stats", str(tmp_path / "atto.safetensors"), "--arch", "atto"]) == []
     out = capsys.readouterr().out
-    assert "stem 4x4" in out and "depthwise 7x7" in out and "all adapted" in out
-    stem = next(line for line in out.splitlines() if "stem 4x4" in line)
-    assert "0.15" in stem  # ten times timm's 0.016
+    assert "4x4" in out and "7x7" in out and "all adapted" in out
+    stem = next(line for line in out.splitlines() if "4x4" in line)
+    mean_abs = float(stem.split("│")[4])
+    assert 0.14 < mean_abs < 0.18  # ten times timm's 0.016 (trunc. normal, std 0.02)
 
 
 def test_lie_training_ignores_the_scale_of_normalised_weights_lora_does_not():
@@ -144,7 +152,8 @@ def test_the_study_runs_chooses_on_val_and_resumes(tmp_path, capsys):
     assert len(rows) == 3 * 3 and {r["task"] for r in rows} == {"synth_shape", "synth_position", "mean"}
     assert (tmp_path / "out" / "transfer_study.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "out" / "transfer_study.json").read_text())["chosen"].keys() == params.keys()
-    assert list((tmp_path / "cache").glob("*/source-atto-*.safetensors"))
+    backbone = list((tmp_path / "cache").glob("*/synth_source-convnextv2_atto-*.safetensors"))
+    assert len(backbone) == 1 and json.loads(backbone[0].with_suffix(".json").read_text())["settings"]["epochs"] == 1
 
     # resume: a lost final run is redone, nothing else; the source model comes from the cache
     lines = (tmp_path / "out" / ts.RUNS_FILE).read_text().splitlines()
@@ -152,7 +161,7 @@ def test_the_study_runs_chooses_on_val_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     ts.main([*tiny, "--workers", "1"])
     out = capsys.readouterr().out
-    assert "source model: cached" in out and "20 finished earlier" in out and "11 finished earlier" in out
+    assert "source model (cached)" in out and "20 finished earlier" in out and "11 finished earlier" in out
     assert len((tmp_path / "out" / ts.RUNS_FILE).read_text().splitlines()) == len(lines)
     with pytest.raises(SystemExit, match="another study setting"):
         ts.main([*tiny, "--epochs", "2"])

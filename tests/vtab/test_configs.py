@@ -45,14 +45,18 @@ def test_method_files_hold_no_protocol_setting():
         raw = yaml.safe_load(config.read_text())
         assert list(raw) == ["model"] and sorted(raw["model"]) == ["adapter", "finetune"], config.name
         adapter = raw["model"]["adapter"]
-        if adapter is not None:  # LoRA: alpha = rank; Lie updates: alpha / rank = 64 ≈ 1 / mean|W| (docs/vtab.md)
-            assert adapter["alpha"] == adapter["rank"] * (64 if adapter["method"] == "liera" else 1)
+        if adapter is not None:  # LoRA: alpha = rank; Lie updates: alpha / rank = 1 / mean|W| (docs/vtab.md)
+            assert adapter["alpha"] == ("auto" if adapter["method"] == "liera" else adapter["rank"])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_composition_resolves_like_the_old_file(name):
     before = resolve_config([BEFORE / f"{name}.yaml"], in_process=True)
     after = resolve_config([PROTOCOL, CONFIG_DIR / f"{name}.yaml"], in_process=True)
+    if after.get("model.adapter.method") == "liera":  # the one change since: α/r = 64 became the weights' 1/mean|W|
+        assert (before["model.adapter.alpha"], after["model.adapter.alpha"]) == (64 * after["model.adapter.rank"],
+                                                                                  "auto")
+        before["model.adapter.alpha"] = "auto"
     assert after == before
     assert after["seed_everything"] == 0 and after["trainer.precision"] == "32-true"
     assert after["trainer.max_epochs"] == 100 and after["model.lr"] == 1e-3  # protocol values really resolved
@@ -67,7 +71,7 @@ def test_later_files_and_flags_override_earlier_ones(tmp_path):
     assert (flat["model.lr"], flat["model.adapter.rank"], flat["model.adapter.alpha"]) == (3e-3, 4, 128)
     assert flat["model.adapter.composition"] == "taylor" and flat["model.adapter.targets"] == "spatial"
     swapped = resolve_config([CONFIG_DIR / "liera_r8.yaml", PROTOCOL], in_process=True)
-    assert swapped["model.adapter.alpha"] == 512  # the protocol sets no adapter key: order between them is free
+    assert swapped["model.adapter.alpha"] == "auto"  # the protocol sets no adapter key: order between them is free
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)

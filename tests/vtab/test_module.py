@@ -130,3 +130,38 @@ def test_checkpoint_of_a_cast_model_resumes(dtype):
     assert torch.equal(head.to(dtype), model.model.head.fc.weight)
     with pytest.raises(ValueError, match="different frozen weights"):
         classifier(seed=2, num_classes=4).on_load_checkpoint({**ckpt, "state_dict": dict(ckpt["state_dict"])})
+
+
+def test_lightning_checkpoint_with_a_weight_derived_scale_reloads_to_the_same_outputs(tmp_path):
+    """alpha="auto" resolves α/r = 1/mean|W| from the loaded backbone; the saved checkpoint reproduces the model."""
+    import lightning
+
+    torch.manual_seed(4)
+    source = create_convnextv2("atto", num_classes=1000)
+    with torch.no_grad():  # a backbone whose mean |W| is not the random init's
+        for p in source.parameters():
+            p.mul_(3.0)
+    path = tmp_path / "backbone.pt"
+    torch.save({"model": timm_to_official(source)}, path)
+    model = classifier(num_classes=5, checkpoint=str(path), adapter=AdapterConfig(method="liera", rank=4))
+    assert model.adapter_config.alpha == "auto"
+    layers = [m for m in model.model.modules() if hasattr(m, "lora_scaling")]
+    weights = [layer.base_layer.weight.detach() for layer in layers]
+    expected = sum(w.numel() for w in weights) / float(sum(w.double().abs().sum() for w in weights))
+    assert all(float(layer.lora_scaling["default"]) == pytest.approx(expected, rel=1e-6) for layer in layers)
+    assert 0.3 < expected * 0.016 < 0.4  # a third of the random init's 1/mean|W|: the loaded weights count
+    with torch.no_grad():
+        for layer in layers:
+            layer.lora_B["default"].normal_(0.0, 0.05)  # "trained"
+        model.model.head.fc.weight.add_(0.1)
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = VTABClassifier.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=False)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))

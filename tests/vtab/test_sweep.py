@@ -75,7 +75,7 @@ def test_recovers_a_finished_task_missing_from_results_and_refuses_another_confi
     assert json.loads((run_dir / "results.jsonl").read_text()) == record
     summary = run_sweep(LIERA_R8, run_dir, ["dtd"], echo=lines.append, in_process=True)
     assert summary.skipped == ["dtd"]
-    with pytest.raises(ValueError, match=r"run was run with other settings \(model.adapter.alpha: 512.0 -> 8.0; .*"
+    with pytest.raises(ValueError, match=r"run was run with other settings \(model.adapter.alpha: \"auto\" -> 8.0; .*"
                                          r"model.adapter.method: \"liera\" -> \"lora\".*use another --run-dir"):
         run_sweep(LORA_R8, run_dir, ["dtd"], echo=lines.append, in_process=True)
 

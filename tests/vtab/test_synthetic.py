@@ -50,7 +50,7 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"sizes must give a positive count for each of"):
         synthetic.generate(tmp_path, sizes={"train800": 4})
     (tmp_path / "synth_shape").mkdir()
-    with pytest.raises(ValueError, match=r"synth_shape exists but is not a finished synthetic task"):
+    with pytest.raises(ValueError, match=r"synth_shape exists but is not a finished task folder \(no .complete\)"):
         synthetic.generate(tmp_path, ["synth_shape"], sizes=SIZES)
 
 
