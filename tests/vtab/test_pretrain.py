@@ -6,6 +6,10 @@ features are worse than a random init's under a linear probe)."""
 from __future__ import annotations
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from liera_vision.fileio import sha256_file
 
 from liera_vision.models import build_convnextv2
 from liera_vision.vtab import VTABClassifier
@@ -53,6 +57,14 @@ def test_pretraining_is_recorded_cached_and_loads_like_any_checkpoint(tmp_path):
     other = letters_backbone(tmp_path, PretrainSettings(image_size=32, epochs=1, batch_size=16, weight_decay=0.5),
                              sizes=TINY_SOURCE, progress=False, echo=lambda _: None)
     assert not other.cached and other.path != backbone.path and "wd0.5" in other.path.name
+    backbone_bytes_path = tmp_path / "first.safetensors"
+    backbone_bytes_path.write_bytes(backbone.path.read_bytes())
     backbone.path.write_bytes(backbone.path.read_bytes()[:-8] + b"\0" * 8)  # a damaged file is not reused
     redone = letters_backbone(tmp_path, settings, sizes=TINY_SOURCE, progress=False, echo=lambda _: None)
-    assert not redone.cached and redone.record["sha256"] == record["sha256"]  # retrained: the same bytes again
+    assert not redone.cached and redone.record["sha256"] == sha256_file(redone.path)
+    # retrained from the same seed: the same weights up to float reassociation. Not byte-identical: BLAS / oneDNN
+    # kernels may sum in another order when buffers are aligned differently (a CI run differed in the last bits).
+    # Another seed or order of data would differ by ~100% of each tensor's norm, not 0.1%.
+    first, second = load_file(backbone_bytes_path), load_file(redone.path)
+    for key, value in first.items():
+        assert torch.linalg.vector_norm(second[key] - value) <= 1e-3 * torch.linalg.vector_norm(value) + 1e-6, key
