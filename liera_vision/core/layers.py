@@ -40,6 +40,9 @@ from .config import AdapterConfig
 from .delta import INITS, FactorShape, adapter_dtype, factor_shape, rank_dropout_mask
 from .scale import ScaleInput, resolve_scalings
 
+# torch 2.1 inductor bug: see AdapterLayer.forward
+_INDUCTOR_LOSES_ADAPTER_GRADS = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 2)
+
 # 0.1.0 names of the tensors of the (single, unnamed) adapter -> today's attribute
 LEGACY_NAMES = {"lora_A": "lora_A", "lora_B": "lora_B", "dora_magnitude": "lora_magnitude",
                 "pissa_A0": "lora_A_start", "pissa_B0": "lora_B_start"}
@@ -384,6 +387,13 @@ class AdapterLayer(nn.Module):
         if not self._runs_adapter():
             return self.base_layer(x)
         return bases.forward_with(self.base_layer, x, self.effective_weight(dropout=self.training))
+
+    if _INDUCTOR_LOSES_ADAPTER_GRADS:
+        # torch 2.1's inductor returns uninitialised gradients (values up to 1e36) for the factors of an
+        # adapted convolution compiled into one graph with the layers after it; eager and aot_eager are
+        # right, torch 2.2.2 and 2.3.1 are right (docs/core.md, "Things to know"). There the adapted layers
+        # run eagerly between compiled regions: correct, a little slower.
+        forward = torch.compiler.disable(forward)
 
     # --- merging --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -36,6 +36,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .results import RESULTS_FILE
 from .tasks import SUITES, TASKS, get_task
 
@@ -237,6 +239,7 @@ def parse_args(argv: list[str] | None, configs_dir: Path) -> argparse.Namespace:
     from .realdata import DEFAULT_SIZES, TASK_NAMES
 
     defaults = PretrainSettings()
+    scale_down = yaml.safe_load((configs_dir / DEMO_CONFIG).read_text())  # the one place of the demo's defaults
     parser = argparse.ArgumentParser(
         prog="vtab_demo.py",
         description="LieRA vs LoRA, full fine-tuning and a linear probe on real images (scikit-learn / scikit-image), "
@@ -248,10 +251,13 @@ def parse_args(argv: list[str] | None, configs_dir: Path) -> argparse.Namespace:
                         help=f"comma-separated: {', '.join(METHODS)}, or config names in {configs_dir} (e.g. lora_r16)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds of every run (default 0,1)")
     parser.add_argument("--tasks", help=f"comma-separated task folders (default: the suite's, {', '.join(TASK_NAMES)})")
-    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per run")
-    parser.add_argument("--lr", type=float, default=3e-3,
-                        help="lr of every method (the protocol's 1e-3 is for 100 epochs; the demo's 4 need more)")
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=scale_down["trainer"]["max_epochs"],
+                        help=f"fine-tuning epochs per run (default: {DEMO_CONFIG}'s trainer.max_epochs, %(default)s)")
+    parser.add_argument("--lr", type=float, default=scale_down["model"]["lr"],
+                        help=f"lr of every method (default: {DEMO_CONFIG}'s model.lr, %(default)s; the protocol's 1e-3 "
+                             "is for 100 epochs)")
+    parser.add_argument("--image-size", type=int, default=scale_down["data"]["image_size"],
+                        help=f"default: {DEMO_CONFIG}'s data.image_size, %(default)s")
     parser.add_argument("--sizes", type=int, nargs=3, default=list(DEFAULT_SIZES.values()),
                         metavar=("TRAIN800", "VAL200", "TEST"), help="images per split of every real-mini task")
     parser.add_argument("--workers", type=int, default=None,

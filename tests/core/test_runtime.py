@@ -84,21 +84,25 @@ def test_to_device_and_dtype():
 
 @pytest.mark.slow
 def test_torch_compile_of_an_adapted_model_on_cpu():
+    """Outputs and every adapter gradient as in eager mode. Under torch 2.1 inductor got the stem's factor
+    gradients wrong (uninitialised memory) in this very model; there the adapted layers run eagerly."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.GELU(), nn.Conv2d(8, 8, 7, padding=3, groups=8),
                           nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
     apply_adapters(model, AdapterConfig(rank=2, alpha=2.0, targets="all"))
     for layer in adapter_layers(model).values():
         randomize_(layer)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 8  # A and B of four layers
     x = torch.randn(2, 3, 32, 32)
     eager_out = model(x)
-    eager_grads = torch.autograd.grad(eager_out.sum(), [model[0].lora_A["default"], model[2].lora_B["default"]])
+    eager_grads = torch.autograd.grad(eager_out.sum(), list(trainable.values()))
     compiled = torch.compile(model)
     out = compiled(x)
-    grads = torch.autograd.grad(out.sum(), [model[0].lora_A["default"], model[2].lora_B["default"]])
-    assert torch.allclose(out, eager_out, atol=1e-5)
-    for a, b in zip(grads, eager_grads):
-        assert torch.allclose(a, b, atol=1e-5)
+    grads = torch.autograd.grad(out.sum(), list(trainable.values()))
+    torch.testing.assert_close(out, eager_out, atol=1e-5, rtol=1e-5)
+    for name, a, b in zip(trainable, grads, eager_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
 FAST = ({"composition": "taylor", "init": "lora", "post": None},

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from liera_vision.fileio import sha256_file
-
 from liera_vision.models import build_convnextv2
 from liera_vision.vtab import VTABClassifier
 from liera_vision.vtab.pretrain import PretrainSettings, letters_backbone, read_record, weight_stats
