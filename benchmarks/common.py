@@ -1,5 +1,5 @@
 """What the benchmark scripts share: set-up and environment record, our adapter methods and PEFT's
-baselines on the same layers (``probe_peft``, ``match_peft``, ``build_peft_model``), interleaved timing,
+baselines on the same layers (``plan_peft``, ``build_peft_model``), interleaved timing,
 the memory of one step, and atomically written result files.
 
 Timing. Variants run round-robin inside one process (the start of the order rotates every
@@ -136,25 +136,29 @@ def environment(device: torch.device, module: str, argv: list[str]) -> dict:
 
 
 # --- PEFT baselines -------------------------------------------------------------------------
-def peft_config(kind: str, rank: int, targets: list[str], modules_to_save: list[str] | None = None, **options):
+def peft_config(kind: str, rank: int, targets: list[str], modules_to_save: list[str] | None = None, *,
+                scale: float = 1.0, **options):
     """PEFT's config for ``kind`` (one of :data:`PEFT_METHODS`) on exactly the modules ``targets``, at ``rank``.
 
-    LoRA / LoHa / LoKr get ``alpha = rank`` (scale 1, as our additive LoRA); HiRA has no alpha (its update
-    ``W ⊙ (B @ A)`` is LieRA-Taylor's with ``alpha / rank = 1``: its learning rate has to carry the ``1 / mean|W|``
-    our weight-derived scale supplies). ``targets`` becomes one regex of the exact names (a list would also match
-    them as dotted suffixes). ``options``: further fields of PEFT's config (e.g. LoKr's ``decompose_factor``).
+    LoRA / LoHa / LoKr get ``alpha = scale · rank`` (default scale 1, as our additive LoRA); HiRA has no alpha
+    (its update ``W ⊙ (B @ A)`` is LieRA-Taylor's with ``alpha / rank = 1``: its learning rate has to carry the
+    ``1 / mean|W|`` our weight-derived scale supplies), so a ``scale`` other than 1 is refused for it. ``targets``
+    becomes one regex of the exact names (a list would also match them as dotted suffixes). ``options``: further
+    fields of PEFT's config (e.g. LoKr's ``decompose_factor``).
     """
     import peft
 
     exact = "|".join(re.escape(name) for name in targets)
     common = dict(r=rank, target_modules=exact, modules_to_save=modules_to_save, **options)
     if kind == "peft-lora":
-        return peft.LoraConfig(lora_alpha=rank, **common)
+        return peft.LoraConfig(lora_alpha=scale * rank, **common)
     if kind == "peft-loha":
-        return peft.LoHaConfig(alpha=rank, **common)
+        return peft.LoHaConfig(alpha=scale * rank, **common)
     if kind == "peft-lokr":
-        return peft.LoKrConfig(alpha=rank, **common)
+        return peft.LoKrConfig(alpha=scale * rank, **common)
     if kind == "peft-hira":
+        if scale != 1:
+            raise ValueError(f"peft-hira has no alpha: scale must be 1, got {scale} (tune its lr instead)")
         return peft.HiraConfig(**common)
     raise ValueError(f"unknown PEFT method {kind!r}; expected one of {PEFT_METHODS}")
 
@@ -263,16 +267,90 @@ def match_peft(base: nn.Module, kind: str, targets: list[str], params: int) -> t
     return best[:3]
 
 
+def conv_kind(module: nn.Module) -> str:
+    """``Conv2d 7x7 depthwise``, ``Conv2d 4x4``: how PEFT's refusals are grouped in notes."""
+    k = "x".join(map(str, module.kernel_size))
+    depthwise = module.groups > 1 and module.groups == module.in_channels
+    return f"Conv2d {k}" + (" depthwise" if depthwise else "")
+
+
+@dataclass
+class PeftPlan:
+    """Where ours and each PEFT method go and at which rank (:func:`plan_peft`).
+
+    ``targets``: our adapters' layers (``paper``: all paper targets; ``common``: those every PEFT method
+    accepts). ``budget``: LieRA-Taylor's adapter parameters on them (``common`` only). ``methods``: PEFT
+    method -> ``{"rank", "layers", "options", "note"}``; ``skipped``: method -> why; ``record``: what PEFT
+    accepted and refused, verbatim, for the result files.
+    """
+
+    targets: list[str]
+    budget: int | None = None
+    methods: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
+def plan_peft(base: nn.Module, kinds: list[str], rank: int, paper: list[str], layers: str = "paper") -> PeftPlan:
+    """PEFT's ``kinds`` beside ours on ``base``'s ``paper`` target layers.
+
+    ``layers="paper"``: each PEFT method on the paper layers it accepts, at ``rank``. ``layers="common"``:
+    everyone on the layers every method of ``kinds`` accepts (HiRA refuses grouped convs), each PEFT method at
+    the rank matching LieRA-Taylor's adapter parameters there (:func:`match_peft`).
+
+    Raises:
+        ValueError: ``layers="common"`` and the methods share no accepted layer.
+    """
+    plan = PeftPlan(list(paper))
+    try:
+        import peft
+    except ImportError:
+        plan.skipped = dict.fromkeys(kinds, "peft not installed (pip install -e '.[peft]')")
+        return plan
+    probes = {kind: probe_peft(base, kind, rank, paper) for kind in kinds}
+    plan.record = {kind: {"peft_version": peft.__version__, "accepted": o.accepted, "refused": o.refused,
+                          "warnings": o.warnings} for kind, o in probes.items()}
+    if layers == "common" and kinds:
+        plan.targets = [t for t in paper if all(t in outcome.accepted for outcome in probes.values())]
+        if not plan.targets:
+            raise ValueError(f"layers='common': {', '.join(kinds)} share no accepted layer among the {len(paper)} "
+                             "paper targets; drop one of them")
+        plan.budget = adapter_params(base, "liera-taylor", rank, plan.targets)
+        plan.record["common_layers"] = {"layers": plan.targets, "liera_taylor_adapter_params": plan.budget}
+    for kind, outcome in probes.items():
+        if layers == "paper":
+            refused = {}
+            for name, error in outcome.refused.items():
+                refused.setdefault(conv_kind(base.get_submodule(name)), []).append(error)
+            note = "; ".join(f"refuses {len(errors)} {k}: {errors[0]}" for k, errors in refused.items())
+            if not outcome.accepted:
+                plan.skipped[kind] = f"PEFT accepts none of the {len(paper)} target layers; {note}"
+                continue
+            plan.methods[kind] = {"rank": rank, "layers": outcome.accepted, "options": {}, "note": note}
+            continue
+        try:
+            kind_rank, count, options = match_peft(base, kind, plan.targets, plan.budget)
+        except ValueError as err:
+            plan.skipped[kind] = str(err)
+            continue
+        note = (f"rank {kind_rank}{''.join(f', {k}={v}' for k, v in options.items())}: {count:,} adapter "
+                f"params for liera-taylor's {plan.budget:,}")
+        if abs(count - plan.budget) > 0.2 * plan.budget:
+            note += " (the closest it reaches on these layers)"
+        plan.methods[kind] = {"rank": kind_rank, "layers": plan.targets, "options": options, "note": note}
+    return plan
+
+
 def build_peft_model(model: nn.Module, kind: str, rank: int, targets: list[str],
-                     modules_to_save: list[str] | None = None, **options) -> nn.Module:
+                     modules_to_save: list[str] | None = None, *, scale: float = 1.0, **options) -> nn.Module:
     """``model`` adapted by PEFT's ``kind`` on exactly ``targets`` at ``rank`` (a ``PeftModel``; the head in
-    ``modules_to_save`` trains in full). With :func:`probe_peft` and :func:`match_peft` this is what the
-    benchmarks use to put PEFT's HiRA / LoKr / LoHa / LoRA beside ours on the same layers."""
+    ``modules_to_save`` trains in full). With :func:`plan_peft` this is what the benchmarks use to put PEFT's
+    HiRA / LoKr / LoHa / LoRA beside ours on the same layers."""
     import peft
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # probe_peft records PEFT's warnings
-        return peft.get_peft_model(model, peft_config(kind, rank, targets, modules_to_save, **options))
+        return peft.get_peft_model(model, peft_config(kind, rank, targets, modules_to_save, scale=scale, **options))
 
 
 # --- timing ---------------------------------------------------------------------------------

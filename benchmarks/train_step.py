@@ -42,7 +42,6 @@ import argparse
 import copy
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,16 +56,14 @@ from benchmarks.common import (
     RESULTS,
     StepMemory,
     Timings,
-    adapter_params,
     build_peft_model,
     configure,
     console,
     environment,
     markdown_table,
-    match_peft,
     median,
+    plan_peft,
     print_table,
-    probe_peft,
     ratio_to,
     save_figure,
     step_memory,
@@ -123,36 +120,13 @@ def _head_only(model: nn.Module) -> nn.Module:
     return model
 
 
-def _kind(module: nn.Module) -> str:
-    k = "x".join(map(str, module.kernel_size))
-    depthwise = module.groups > 1 and module.groups == module.in_channels
-    return f"Conv2d {k}" + (" depthwise" if depthwise else "")
-
-
 def build_variants(base: nn.Module, names: list[str], rank: int,
                    layers: str = "paper") -> tuple[list[Variant], dict[str, str], dict]:
     """The requested variants over copies of ``base``; skipped ones with the reason; PEFT's probe record."""
     paper = select_targets(base, AdapterConfig(rank=rank, modules_to_save=[HEAD]))
     head_params = sum(p.numel() for p in base.get_submodule(HEAD).parameters())
-    kinds, skipped, peft_record, probes = [n for n in names if n in PEFT_METHODS], {}, {}, {}
-    if kinds:
-        try:
-            import peft
-        except ImportError:
-            skipped.update(dict.fromkeys(kinds, "peft not installed (pip install -e '.[peft]')"))
-            kinds = []
-    for kind in kinds:
-        probes[kind] = outcome = probe_peft(base, kind, rank, paper)
-        peft_record[kind] = {"peft_version": peft.__version__, "accepted": outcome.accepted,
-                             "refused": outcome.refused, "warnings": outcome.warnings}
-    targets, budget = paper, None
-    if layers == "common":
-        targets = [t for t in paper if all(t in outcome.accepted for outcome in probes.values())]
-        if not targets:
-            raise ValueError(f"--layers common: {', '.join(kinds)} share no accepted layer among the {len(paper)} "
-                             "paper targets; drop one of them from --variants")
-        budget = adapter_params(base, "liera-taylor", rank, targets)
-        peft_record["common_layers"] = {"layers": targets, "liera_taylor_adapter_params": budget}
+    plan = plan_peft(base, [n for n in names if n in PEFT_METHODS], rank, paper, layers)
+    skipped = dict(plan.skipped)
     variants = []
     for name in names:
         model = copy.deepcopy(base).train()
@@ -162,38 +136,18 @@ def build_variants(base: nn.Module, names: list[str], rank: int,
             model = _head_only(model)
             variants.append(Variant(name, model, _optimizer(model), input_grad=name == "floor"))
         elif name in ADAPTER_METHODS:
-            where = "spatial" if layers == "paper" else [re.escape(t) for t in targets]
+            where = "spatial" if layers == "paper" else [re.escape(t) for t in plan.targets]
             model, report = apply_adapters(model, AdapterConfig(rank=rank, alpha=float(rank), targets=where,
                                                                 modules_to_save=[HEAD], **ADAPTER_METHODS[name]))
             variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(report.layers)}/{len(paper)}",
                                     rank=rank, adapter_params=report.adapter_params))
-        elif name in kinds:
-            outcome = probes[name]
-            if layers == "paper":
-                kind_rank, accepted, options = rank, outcome.accepted, {}
-                by_kind = Counter(_kind(base.get_submodule(n)) for n in outcome.refused)
-                first = {k: next(e for n, e in outcome.refused.items() if _kind(base.get_submodule(n)) == k)
-                         for k in by_kind}
-                note = "; ".join(f"refuses {n} {k}: {first[k]}" for k, n in by_kind.items())
-                if not accepted:
-                    skipped[name] = f"PEFT accepts none of the {len(paper)} target layers; {note}"
-                    continue
-            else:
-                try:
-                    kind_rank, count, options = match_peft(base, name, targets, budget)
-                except ValueError as err:
-                    skipped[name] = str(err)
-                    continue
-                accepted = targets
-                note = f"rank {kind_rank}{''.join(f', {k}={v}' for k, v in options.items())}: {count:,} adapter " \
-                       f"params for liera-taylor's {budget:,}"
-                if abs(count - budget) > 0.2 * budget:
-                    note += " (the closest it reaches on these layers)"
-            model = build_peft_model(model, name, kind_rank, accepted, [HEAD], **options)
+        elif name in plan.methods:
+            method = plan.methods[name]
+            model = build_peft_model(model, name, method["rank"], method["layers"], [HEAD], **method["options"])
             trainable = count_parameters(model).trainable
-            variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(accepted)}/{len(paper)}",
-                                    note=note, rank=kind_rank, adapter_params=trainable - head_params))
-    return variants, skipped, peft_record
+            variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(method['layers'])}/{len(paper)}",
+                                    note=method["note"], rank=method["rank"], adapter_params=trainable - head_params))
+    return variants, skipped, plan.record
 
 
 def measure(variants: list[Variant], x: torch.Tensor, y: torch.Tensor, *, rounds: int, warmup: int,

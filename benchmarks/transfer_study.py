@@ -47,6 +47,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import statistics
 import time
 import warnings
@@ -60,23 +61,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.common import (
     ADAPTER_METHODS,
+    PEFT_METHODS,
     RESULTS,
+    build_peft_model,
     console,
     environment,
     markdown_table,
+    plan_peft,
     print_table,
     save_figure,
     write_csv,
     write_json,
 )
-from liera_vision.core import AdapterConfig, AdapterLayer
+from liera_vision.core import AdapterConfig, AdapterLayer, select_targets
 from liera_vision.models import create_convnextv2
 from liera_vision.vtab import TASKS, realdata, synthetic
 from liera_vision.vtab.pretrain import PretrainSettings, adapted_layer_kinds, letters_backbone, pretrain, weight_stats
 from liera_vision.vtab.results import append_jsonl_atomic, read_jsonl
 
 VERSION = 1
-METHODS = ("linear", "full", *ADAPTER_METHODS)  # study names; adapters as in benchmarks.common
+DEFAULT_METHODS = ("linear", "full", *ADAPTER_METHODS)  # study names; adapters as in benchmarks.common
+METHODS = (*DEFAULT_METHODS, *PEFT_METHODS)  # PEFT's beside ours: --layers common puts all on the same layers
 SOURCES = {"shapes": ("synth_source", 10), "letters": (realdata.SOURCE_TASK, len(realdata.LETTERS))}
 # target task -> VTAB group (class counts: synthetic.num_classes / the registry)
 TARGETS = {"synth_shape": "natural", "synth_texture": "specialized", "synth_count": "structured",
@@ -116,12 +121,15 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def model_kwargs(method: str, rank: int, scaling: float | str | None) -> dict:
-    """``scaling``: alpha / rank, or a weight-derived rule (``"auto"``, ``"auto-kind"``) passed on as alpha."""
-    if method in ("linear", "full"):
-        return {"finetune": method}
+def model_kwargs(method: str, rank: int, scaling: float | str | None, targets: list[str] | None = None) -> dict:
+    """``scaling``: alpha / rank, or a weight-derived rule (``"auto"``, ``"auto-kind"``) passed on as alpha.
+    ``targets``: exact layer names (``--layers common``); default the paper's layers. PEFT's methods start
+    as a linear probe and are adapted by :func:`train_run`."""
+    if method in ("linear", "full") or method in PEFT_METHODS:
+        return {"finetune": "linear" if method in PEFT_METHODS else method}
     alpha = scaling if isinstance(scaling, str) else scaling * rank
-    adapter = AdapterConfig(rank=rank, alpha=alpha, modules_to_save=["head"], **ADAPTER_METHODS[method])
+    where = {"targets": [re.escape(t) for t in targets]} if targets else {}
+    adapter = AdapterConfig(rank=rank, alpha=alpha, modules_to_save=["head"], **where, **ADAPTER_METHODS[method])
     return {"finetune": "adapter", "adapter": adapter}
 
 
@@ -131,7 +139,10 @@ def relative_update(model: torch.nn.Module, before: dict[str, torch.Tensor], kin
     per_kind: dict[str, list[float]] = defaultdict(list)
     for name, w0 in before.items():
         module = model.get_submodule(name)
-        w = module.effective_weight() if isinstance(module, AdapterLayer) else module.weight
+        if isinstance(module, AdapterLayer):
+            w = module.effective_weight()
+        else:  # a plain layer, or a merged PEFT layer holding W' in its base layer
+            w = (module.get_base_layer() if hasattr(module, "get_base_layer") else module).weight
         per_kind[kinds[name]].append(((w - w0).norm() / w0.norm()).item())
     out = {kind: statistics.fmean(v) for kind, v in per_kind.items()}
     out["all"] = statistics.fmean(v for vs in per_kind.values() for v in vs)
@@ -166,10 +177,16 @@ def train_run(spec: dict) -> dict:
     start = time.time()
     classes = num_classes(spec["task"])
     kinds = adapted_layer_kinds(create_convnextv2(spec["arch"], classes))  # before the seed: it draws numbers
+    if spec["targets"]:
+        kinds = {name: kind for name, kind in kinds.items() if name in spec["targets"]}
     L.seed_everything(spec["seed"], verbose=False)
     model = VTABClassifier(arch=spec["arch"], num_classes=classes, checkpoint=spec["checkpoint"],
                            lr=spec["lr"], warmup_epochs=spec["warmup_epochs"],
-                           **model_kwargs(spec["method"], spec["rank"], spec["scaling"]))
+                           **model_kwargs(spec["method"], spec["rank"], spec["scaling"], spec["targets"]))
+    peft = spec.get("peft")
+    if peft:  # PEFT's method on its planned layers and rank; the head trains in full, as with ours
+        model.model = build_peft_model(model.model, spec["method"], peft["rank"], peft["layers"], ["head"],
+                                       scale=spec["scaling"] or 1.0, **peft["options"])
     data = VTABDataModule(root=spec["data_root"], task=spec["task"], num_classes=classes,
                           protocol="tune" if spec["phase"] == "tune" else "final", batch_size=spec["batch_size"],
                           num_workers=0, image_size=spec["image_size"])
@@ -182,12 +199,16 @@ def train_run(spec: dict) -> dict:
                         limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, verbose=False)  # the protocol's evaluation split: val200 or test
+    trainable = model.parameter_count.trainable
+    if peft:  # PEFT's W' from its own merge (merge_and_unload trips over a head in modules_to_save in PEFT 0.21)
+        model.model.merge_adapter()
+    tuned = model.model.base_model.model if peft else model.model
     record = {**{k: spec[k] for k in ("study", "phase", "method", "task", "seed", "lr", "scaling")},
               "group": TARGETS[spec["task"]], "eval_split": data.eval_split,
               "acc_final": model.test_accuracy, "acc_best": model.test_accuracy,
-              "trainable_params": model.parameter_count.trainable,
+              "trainable_params": trainable, "rank": peft["rank"] if peft else spec["rank"],
               "scaling_resolved": _resolved_scalings(model),
-              "rel_update": relative_update(model.model, before, kinds) if spec["method"] != "linear" else None,
+              "rel_update": relative_update(tuned, before, kinds) if spec["method"] != "linear" else None,
               "wall_s": round(time.time() - start, 2)}
     append_jsonl_atomic(spec["runs_file"], record)
     return record
@@ -195,9 +216,15 @@ def train_run(spec: dict) -> dict:
 
 # --- the study --------------------------------------------------------------------------------
 def grid(method: str, lrs: list[float], scalings: list[float]) -> list[tuple[float, float | None]]:
-    """The settings a method is tuned over: the lr grid, times the scaling grid for adapters."""
+    """The settings a method is tuned over: the lr grid, times the scaling grid for adapters.
+
+    PEFT's HiRA has no alpha (its update is LieRA-Taylor's at alpha / rank = 1), so its lr grid is every
+    ``lr · alpha/r`` of the adapters' grid: under Adam the step of ``s·BA`` scales like the lr, so this reaches
+    the Lie optimum (``alpha / rank ≈ 1 / mean|W|``) through the lr alone."""
     if method in ("linear", "full"):
         return [(lr, None) for lr in lrs]
+    if method == "peft-hira":
+        return [(lr, None) for lr in sorted({float(f"{lr * s:.6g}") for lr in lrs for s in scalings})]
     return [(lr, s) for lr in lrs for s in scalings]
 
 
@@ -218,6 +245,8 @@ def study_fingerprint(args) -> str:
         fields["source"] = args.source
     if args.source_weight_decay != 1e-4:
         fields["source_weight_decay"] = args.source_weight_decay
+    if args.layers != "paper":
+        fields["layers"] = args.layers
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -369,8 +398,8 @@ def plot(summary: list[dict], grid_rows: list[dict], tasks: list[str], lrs: list
         ax.set_title(method, fontsize=8)
     line = fig.add_subplot(spec[1, len(adapters)])
     for row in [r for r in summary if r["scaling"] is None]:
-        points = line.plot(lrs, [val.get((row["method"], lr, None), np.nan) * 100 for lr in lrs], marker="o",
-                           label=row["method"])
+        own = sorted(lr for m, lr, _ in val if m == row["method"])  # PEFT's HiRA: lr x alpha/r of the adapters
+        points = line.plot(own, [val[row["method"], lr, None] * 100 for lr in own], marker="o", label=row["method"])
         line.plot([row["lr"]], [val[row["method"], row["lr"], None] * 100], marker="s", ms=10, mfc="none",
                   mec="red", mew=2, color=points[0].get_color())
     line.set_xscale("log")
@@ -405,7 +434,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--scalings", type=float, nargs="+", default=[1, 8, 64],
                         help="adapter scaling alpha / rank values of the grid")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                        help=f"default: {' '.join(DEFAULT_METHODS)}; PEFT's need the peft extra")
+    parser.add_argument("--layers", choices=["paper", "common"], default="paper",
+                        help="paper: every adapter on the paper's layers (PEFT's on those it accepts, at --rank); "
+                             "common: all on the layers every requested PEFT method accepts, PEFT's at the rank "
+                             "matching LieRA-Taylor's adapter parameters")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TARGETS), choices=list(TARGETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the final runs")
     parser.add_argument("--phases", nargs="+", choices=["tune", "final"], default=["tune", "final"],
@@ -486,15 +520,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"{checkpoint}")
     torch.manual_seed(0)
     random_stats = weight_stats(create_convnextv2(args.arch, source_classes))
-    source_stats = weight_stats(create_convnextv2(args.arch, source_classes, checkpoint=checkpoint))
+    source_model = create_convnextv2(args.arch, source_classes, checkpoint=checkpoint)
+    source_stats = weight_stats(source_model)
     weights = [{"kind": r["kind"], "layers": r["layers"], "entries": r["entries"], "random": f"{r['mean_abs']:.4f}",
                 "source": f"{s['mean_abs']:.4f}", "inverse": f"{1 / s['mean_abs']:.0f}"}
                for r, s in zip(random_stats, source_stats)]
     print_table("Adapted layers of the source model (stem, downsamples, depthwise convs)", weights, WEIGHT_COLUMNS)
+    paper = select_targets(source_model, AdapterConfig(rank=args.rank, modules_to_save=["head"]))
+    try:
+        plan = plan_peft(source_model, [m for m in args.methods if m in PEFT_METHODS], args.rank, paper, args.layers)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if plan.skipped:
+        raise SystemExit("error: " + "; ".join(f"{m}: {why}" for m, why in plan.skipped.items()))
+    if plan.methods:
+        print_table(f"Where the adapters go (--layers {args.layers})", [
+            {"method": "ours", "layers": f"{len(plan.targets)}/{len(paper)}", "rank": args.rank, "note": ""},
+            *({"method": m, "layers": f"{len(p['layers'])}/{len(paper)}", "rank": p["rank"], "note": p["note"]}
+              for m, p in plan.methods.items())], {"method": "method", "layers": "layers", "rank": "rank",
+                                                   "note": "note"})
 
     common = {"study": study, "arch": args.arch, "checkpoint": str(checkpoint), "data_root": str(root),
               "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
-              "warmup_epochs": args.warmup_epochs, "rank": args.rank, "runs_file": str(runs_file)}
+              "warmup_epochs": args.warmup_epochs, "rank": args.rank, "runs_file": str(runs_file),
+              "targets": plan.targets if args.layers == "common" else None}
     phase_wall, trained = {}, {}
 
     def run_phase(phase: str, specs: list[dict], split: str) -> dict[tuple, dict]:
@@ -508,7 +557,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit(f"{len(failures)} {phase} runs failed (run again to retry them):\n" + "\n".join(failures))
         return finished_runs(runs_file, study)
 
-    tune_specs = [{**common, "phase": "tune", "method": m, "task": t, "seed": 0, "lr": lr, "scaling": s}
+    tune_specs = [{**common, "phase": "tune", "method": m, "task": t, "seed": 0, "lr": lr, "scaling": s,
+                   "peft": plan.methods.get(m)}
                   for m in args.methods for lr, s in grid(m, args.lrs, args.scalings) for t in args.tasks]
     done = run_phase("tune", tune_specs, "train800 -> val200")
     chosen, grid_rows = choose([done[run_key(s)] for s in tune_specs], args.methods, args.tasks)
@@ -516,7 +566,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     summary = []
     if "final" in args.phases:
         final_specs = [{**common, "phase": "final", "method": m, "task": t, "seed": seed, "lr": chosen[m]["lr"],
-                        "scaling": chosen[m]["scaling"]}
+                        "scaling": chosen[m]["scaling"], "peft": plan.methods.get(m)}
                        for m in args.methods for t in args.tasks for seed in args.seeds]
         done = run_phase("final", final_specs, "train800val200 -> test")
         final = [done[run_key(s)] for s in final_specs]
@@ -566,7 +616,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "settings": settings, "study": study, "wall_s": wall, "phase_wall_s": phase_wall,
         "runs_trained_in_this_invocation": trained,
         "source_model": {"checkpoint": str(checkpoint), "cached": cached, **source},
-        "weight_stats": {"random_init": random_stats, "source": source_stats},
+        "weight_stats": {"random_init": random_stats, "source": source_stats}, "peft": plan.record,
         "chosen": chosen, "summary": summary,
         "markdown": "\n\n".join([markdown_table(weights, WEIGHT_COLUMNS), markdown_table(grid_table, grid_columns),
                                    *([markdown_table(final_table, final_columns)] if summary else [])]),

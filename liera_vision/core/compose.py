@@ -53,18 +53,25 @@ def _delta(weight_shape, B, A, B0, A0, scaling) -> torch.Tensor:
 
 
 class _ComposedWeight(torch.autograd.Function):
+    # forward without ctx + setup_context: the form torch.func (grad, jacrev, vmap) can transform
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, weight, B, A, B0, A0, scaling, name, zero_fallback):
+    def forward(weight, B, A, B0, A0, scaling, name, zero_fallback):
         comp = COMPOSITIONS[name]
         w = weight.to(B.dtype)
         delta = _delta(weight.shape, B, A, B0, A0, scaling)
         out = comp.compose(w, delta)
         if zero_fallback and comp.lie:
             out = out + delta * (w == 0)
-        ctx.name, ctx.zero_fallback, ctx.weight_dtype = name, zero_fallback, weight.dtype
-        saved = (weight, B, A, B0, A0, scaling) + ((out,) if comp.keeps_output else ())
-        ctx.save_for_backward(*saved)
         return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, B, A, B0, A0, scaling, name, zero_fallback = inputs
+        ctx.name, ctx.zero_fallback, ctx.weight_dtype = name, zero_fallback, weight.dtype
+        saved = (weight, B, A, B0, A0, scaling) + ((output,) if COMPOSITIONS[name].keeps_output else ())
+        ctx.save_for_backward(*saved)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -34,9 +34,12 @@ def name_matches(pattern: str, name: str) -> bool:
 
 
 def pattern_value(patterns: dict, name: str):
-    """The value of the first key of ``patterns`` (insertion order) that matches ``name``, else ``None``
-    (PEFT's ``rank_pattern`` / ``alpha_pattern`` lookup)."""
-    return next((value for key, value in patterns.items() if name_matches(key, name)), None)
+    r"""The value of the first key of ``patterns`` (insertion order) that matches ``name``, else ``None``.
+
+    PEFT's ``rank_pattern`` / ``alpha_pattern`` rule, verbatim (``peft.utils.other.get_pattern_key``):
+    ``re.match(rf"(.*\.)?({key})$", name)``, so a key matches the name or a dotted suffix of it, and an
+    anchored key (``^fc``) only the whole name."""
+    return next((value for key, value in patterns.items() if re.match(rf"(.*\.)?({key})$", name)), None)
 
 
 def _preset_matches(preset: str, module: nn.Module) -> bool:
@@ -116,6 +119,16 @@ def find_targets(model: nn.Module, config: AdapterConfig, adapter_name: str = "d
     """The layers ``config`` adapts (``targets``) and those a preset passes over because an adapter could not
     be correct there (``skipped``, with the reason); ``ValueError`` when the selection is invalid."""
     saved = _saved_module_names(model, config.modules_to_save)
+    # trained whole by another adapter, or PEFT's: an adapter there would be saved, merged and unloaded twice
+    taken = {}
+    for other, other_config in adapter_configs(model).items():
+        if other != adapter_name:
+            for pattern in other_config.modules_to_save:
+                taken |= {n: f"adapter {other!r} trains '{n}' whole (modules_to_save)"
+                          for n, _ in model.named_modules() if n and name_matches(pattern, n)}
+    taken |= {n: f"it belongs to Hugging Face PEFT's {type(m).__name__} '{n}' (adapt the model before "
+                 "get_peft_model, or through liera_vision.peft)"
+              for n, m in model.named_modules() if n and _peft_owned(m)}
     owners = bases.parameter_owners(model)
     paths = bases.module_paths(model)
     explicit = not isinstance(config.targets, str)
@@ -141,7 +154,8 @@ def find_targets(model: nn.Module, config: AdapterConfig, adapter_name: str = "d
         if isinstance(module, AdapterLayer) and adapter_name in module.settings:
             raise ValueError(f"layer '{name}' already has an adapter named {adapter_name!r}; give the new adapter "
                              "another adapter_name (or merge_and_unload the model first)")
-        reason = bases.cannot_adapt(base, owners, paths[id(module)])
+        owner = next((t for t in taken if _under(name, [t])), None)
+        reason = taken[owner] if owner is not None else bases.cannot_adapt(base, owners, paths[id(module)])
         if reason and explicit:
             raise ValueError(f"layer '{name}' cannot be adapted: {reason}; exclude it or narrow targets")
         if reason:
@@ -387,11 +401,11 @@ def reset_adapters(model: nn.Module, adapter_name: str | None = None) -> dict[st
     Returns ``layer name → alpha / rank`` of the reset adapter(s) (the last one for several). One
     transaction: on an error no adapter is changed.
     """
-    layers = _require_adapters(model)
+    layers = _require_adapters(model, "reset_adapters")
     configs = adapter_configs(model)
     names = [adapter_name] if adapter_name is not None else list(configs)
     for name in names:
-        _require_name(model, name)
+        _require_name(model, name, "reset_adapters")
     merged = [n for n, layer in layers.items() if layer.merged]
     if merged:
         raise ValueError(f"layers {merged[:4]} hold merged adapters; unmerge_adapters(model) before resetting")
@@ -414,20 +428,34 @@ def reset_adapters(model: nn.Module, adapter_name: str | None = None) -> dict[st
 
 
 # --- named adapters ------------------------------------------------------------------------------------
+def _peft_owned(module: nn.Module) -> bool:
+    """Hugging Face PEFT's own adapter machinery (``PeftModel``, a tuner model, a tuner layer such as
+    ``lora.Linear``, ``ModulesToSaveWrapper``), recognised without importing peft. liera_vision.peft's
+    layers are :class:`AdapterLayer` s and not counted."""
+    return (type(module).__module__.split(".")[0] == "peft" and not isinstance(module, AdapterLayer)
+            and any(hasattr(module, a) for a in ("peft_config", "get_base_layer", "original_module")))
+
+
 def _require_module(model, what: str) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"{what} expects a torch nn.Module, got {type(model).__name__}")
+    if _peft_owned(model):
+        raise ValueError(f"{what}: {type(model).__name__} is a Hugging Face PEFT model, whose adapters PEFT manages; "
+                         "use its own methods (save_pretrained, load_adapter, set_adapter, merge_and_unload; LieRA "
+                         "there through liera_vision.peft.LieRAConfig), or liera_vision.core's on the model before "
+                         "get_peft_model / after PEFT's merge_and_unload")
 
 
-def _require_adapters(model: nn.Module) -> dict[str, AdapterLayer]:
-    _require_module(model, "this operation")
+def _require_adapters(model: nn.Module, what: str) -> dict[str, AdapterLayer]:
+    _require_module(model, what)
     layers = adapter_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no adapter layers; call apply_adapters first")
     return layers
 
 
-def _require_name(model: nn.Module, adapter_name: str) -> AdapterConfig:
+def _require_name(model: nn.Module, adapter_name: str, what: str) -> AdapterConfig:
+    _require_module(model, what)
     if not isinstance(adapter_name, str):
         raise ValueError(f"adapter_name must be one adapter's name (a string), got {adapter_name!r}; one adapter is "
                          "active at a time")
@@ -442,8 +470,8 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
 
     Layers without that adapter run their base weights; merged layers are unmerged first.
     """
-    config = _require_name(model, adapter_name)
-    for layer in _require_adapters(model).values():
+    config = _require_name(model, adapter_name, "set_adapter")
+    for layer in _require_adapters(model, "set_adapter").values():
         if layer.merged:
             layer.unmerge()
         layer.set_adapter(adapter_name)
@@ -455,24 +483,31 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block the model computes with its base weights (merged adapters are unmerged); on exit every
     layer and ``requires_grad`` flag is as it was."""
-    layers = list(_require_adapters(model).values())
+    layers = list(_require_adapters(model, "disable_adapters").values())
     grads = [(p, p.requires_grad) for layer in layers for p in layer.parameters() if p is not layer.base_layer.weight]
+    # per layer: was it disabled already (a nested block), which adapters were merged (merged again on exit)
+    before = [(layer, layer.disable_adapters, list(layer.merged_adapters)) for layer in layers]
     for layer in layers:
         layer.enable_adapters(False)
     try:
         yield model
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        for layer, was_disabled, merged in before:
+            if not was_disabled:
+                layer.enable_adapters(True)
+            if merged:
+                layer.merge(adapter_names=merged)
         for p, flag in grads:
             p.requires_grad_(flag)
 
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     """Remove ``adapter_name``; layers left without adapters get their base layer back."""
-    _require_name(model, adapter_name)
-    layers = _require_adapters(model)
+    _require_name(model, adapter_name, "delete_adapter")
+    layers = _require_adapters(model, "delete_adapter")
     paths = bases.module_paths(model)
+    # active anywhere: layers carrying only other adapters report another name, but still point at this one
+    was_active = any(layer.active_adapter == adapter_name for layer in layers.values())
     with model_transaction(model):
         for layer in layers.values():
             if adapter_name in layer.settings:
@@ -482,8 +517,8 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
                     _install(model, path, layer.base_layer)
         _forget(model, [adapter_name])
         configs = adapter_configs(model)
-        if configs and active_adapter(model) is None:
-            set_adapter(model, next(iter(configs)))
+        if configs and (was_active or active_adapter(model) is None):
+            set_adapter(model, next(iter(configs)))  # every layer, as PEFT: the first remaining adapter
 
 
 # --- merging -------------------------------------------------------------------------------------------
@@ -500,7 +535,8 @@ def merge_adapters(model: nn.Module, safe_merge: bool = False) -> nn.Module:
     ``safe_merge`` checks every layer for NaN / inf before any is merged. Layers already merged are left
     as they are (one warning).
     """
-    layers = [layer for layer in _require_adapters(model).values() if layer.active_adapter in layer.settings]
+    layers = [layer for layer in _require_adapters(model, "merge_adapters").values()
+              if layer.active_adapter in layer.settings]
     if safe_merge:
         _check_finite(layers)
     done = [layer.label for layer in layers if layer.active_adapter in layer.merged_adapters]
@@ -515,7 +551,7 @@ def merge_adapters(model: nn.Module, safe_merge: bool = False) -> nn.Module:
 
 def unmerge_adapters(model: nn.Module) -> nn.Module:
     """Restore the base weights exactly (from the cache kept by ``merge``)."""
-    layers = [layer for layer in _require_adapters(model).values() if layer.merged]
+    layers = [layer for layer in _require_adapters(model, "unmerge_adapters").values() if layer.merged]
     if not layers:
         warnings.warn(f"{type(model).__name__} holds no merged adapters; nothing to unmerge", LieraWarning,
                       stacklevel=2)
@@ -525,7 +561,7 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
 
 
 def _unload(model: nn.Module, merge: bool) -> nn.Module:
-    layers = _require_adapters(model)
+    layers = _require_adapters(model, "merge_and_unload" if merge else "unload_adapters")
     paths = bases.module_paths(model)
     for layer in layers.values():
         base = layer.unload(merge=merge and layer.active_adapter in layer.settings)
@@ -542,7 +578,7 @@ def merge_and_unload(model: nn.Module, safe_merge: bool = False) -> nn.Module:
     ``apply_adapters`` left them (frozen).
     """
     if safe_merge:
-        _check_finite(_require_adapters(model).values())
+        _check_finite(_require_adapters(model, "merge_and_unload").values())
     return _unload(model, merge=True)
 
 

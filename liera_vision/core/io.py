@@ -18,6 +18,7 @@ from torch import nn
 from ..fileio import atomic_write
 from .config import AdapterConfig
 from .inject import (
+    _require_module,
     _saved_module_names,
     active_adapter,
     adapter_configs,
@@ -26,13 +27,14 @@ from .inject import (
     model_transaction,
     numel,
 )
-from .layers import LEGACY_NAMES
+from .layers import LEGACY_NAMES, AdapterLayer
 
 FORMAT = "liera_vision.adapter"
 FORMAT_VERSION = "2"  # 1: liera-vision 0.1.0 (dora_magnitude / pissa_A0 / pissa_B0, no lora_scaling)
 
 
-def _adapter_name(model: nn.Module, adapter_name: str | None) -> str:
+def _adapter_name(model: nn.Module, adapter_name: str | None, what: str) -> str:
+    _require_module(model, what)
     configs = adapter_configs(model)
     if not configs:
         raise ValueError(f"{type(model).__name__} has no adapters; call apply_adapters first")
@@ -49,7 +51,7 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
     Keys carry no adapter name: ``<layer>.lora_A``, ``.lora_B``, ``.lora_magnitude``, ``.lora_A_start``,
     ``.lora_B_start``, ``.lora_scaling`` and ``<module>.<key>`` for ``modules_to_save``.
     """
-    adapter_name = _adapter_name(model, adapter_name)
+    adapter_name = _adapter_name(model, adapter_name, "adapter_state_dict")
     config = adapter_configs(model)[adapter_name]
     state = {}
     for name, layer in adapter_layers(model).items():
@@ -68,7 +70,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter_name: str | 
     The metadata holds the ``AdapterConfig`` (JSON) and the format version; each layer's resolved
     ``alpha / rank`` is saved as ``<layer>.lora_scaling``, so loading reproduces the model exactly.
     """
-    adapter_name = _adapter_name(model, adapter_name)
+    adapter_name = _adapter_name(model, adapter_name, "save_adapter")
     return write_adapter_file(path, adapter_configs(model)[adapter_name], adapter_state_dict(model, adapter_name),
                               adapter_name)
 
@@ -130,11 +132,49 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str,
         if not tensor.is_floating_point():
             raise ValueError(f"{path}: tensor '{key}' has dtype {tensor.dtype}; adapter files hold floating-point "
                              "tensors")
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"{path}: tensor '{key}' holds NaN / inf values (a diverged or corrupted adapter)")
-        if key.endswith(".lora_scaling") and not float(tensor) > 0:
-            raise ValueError(f"{path}: '{key}' (alpha / rank) must be positive, got {float(tensor)}")
+    check_adapter_tensors(tensors, path)
     return config, tensors
+
+
+ADAPTER_TENSORS = frozenset(AdapterLayer.tensor_names)  # lora_A, lora_B, lora_magnitude, lora_*_start, lora_scaling
+
+
+def _leaf(key: str) -> str:
+    """The adapter tensor name in a saved key (``….lora_A``) or a loaded one (``….lora_A.<adapter>``)."""
+    parts = key.split(".")
+    if parts[-1] in ADAPTER_TENSORS:
+        return parts[-1]
+    return parts[-2] if len(parts) > 1 and parts[-2] in ADAPTER_TENSORS else ""
+
+
+def check_adapter_tensors(tensors: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Raise if ``tensors`` (a LieRA adapter state dict) could not come from a healthy adapter. One rule for
+    liera-vision adapter files (:func:`read_adapter_file`) and what PEFT loads through ``liera_vision.peft``.
+
+    LieRA's tensors (``lora_A``, ``lora_B``, ``lora_magnitude``, ``lora_A_start``, ``lora_B_start``,
+    ``lora_scaling``) must be floating point and finite, ``lora_scaling`` one positive number; other
+    floating-point tensors (``modules_to_save``) must be finite.
+
+    Raises:
+        ValueError: naming ``source`` and the tensor at fault.
+    """
+    for key, tensor in tensors.items():
+        leaf = _leaf(key)
+        if not tensor.is_floating_point():
+            if leaf:
+                raise ValueError(f"{source}: tensor '{key}' has dtype {tensor.dtype}; LieRA adapter tensors are "
+                                 "floating point")
+            continue  # e.g. a BatchNorm's num_batches_tracked among modules_to_save
+        if tensor.device.type == "meta":
+            continue
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{source}: tensor '{key}' holds NaN / inf values (a diverged or corrupted adapter)")
+        if leaf == "lora_scaling":
+            if tensor.numel() != 1:
+                raise ValueError(f"{source}: '{key}' (alpha / rank) must hold one number, got shape "
+                                 f"{tuple(tensor.shape)}")
+            if not float(tensor) > 0:
+                raise ValueError(f"{source}: '{key}' (alpha / rank) must be positive, got {float(tensor)}")
 
 
 def _path(path, what: str) -> Path:
@@ -166,8 +206,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     Raises:
         ValueError: naming the file and the keys / fields / shapes at fault.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"load_adapter expects a torch nn.Module, got {type(model).__name__}")
+    _require_module(model, "load_adapter")
     config, tensors = read_adapter_file(path)
     with model_transaction(model):
         current = adapter_configs(model).get(adapter_name)

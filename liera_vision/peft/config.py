@@ -33,6 +33,7 @@ before any of our code runs, and fails with ``KeyError: 'LIERA'`` otherwise).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -109,6 +110,13 @@ class LieRAConfig(PeftConfig):
                 setattr(self, name, value if isinstance(value, set) else list(value))
             elif value is not None and not isinstance(value, str):
                 raise ValueError(f"LieRAConfig.{name} must be a string or a list of strings, got {value!r}")
+            elif isinstance(value, str):  # PEFT matches a string as one regex (re.fullmatch on the full name)
+                try:
+                    re.compile(value)
+                except re.error as err:
+                    raise ValueError(f"LieRAConfig.{name}: {value!r} is not a valid regex ({err}); a string is "
+                                     "matched as one regex against the full module name, a list as names / "
+                                     "dotted suffixes") from None
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str) or not all(isinstance(m, str) for m in self.modules_to_save):
                 raise ValueError(f"LieRAConfig.modules_to_save must be a list of module names, got "
@@ -117,6 +125,23 @@ class LieRAConfig(PeftConfig):
         core = self.to_adapter_config()  # validates every core field
         for ours, theirs in CORE_FIELDS.items():  # the resolved values (alpha is never None afterwards)
             setattr(self, ours, getattr(core, theirs))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs) -> LieRAConfig:
+        """PEFT's ``from_pretrained``; a local folder's ``adapter_model.safetensors`` is checked too (core's rule:
+        finite tensors, positive ``lora_scaling``). PEFT reads the config first in ``PeftModel.from_pretrained`` /
+        ``load_adapter``, so a corrupted adapter is refused before anything is injected into the model.
+
+        Raises:
+            ValueError: an invalid field (naming it), or a corrupted tensor (naming the file and the tensor).
+        """
+        from .check import check_adapter_folder
+
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+            check_adapter_folder(folder)
+        return config
 
     @property
     def target_preset(self) -> str | None:

@@ -30,6 +30,7 @@ from ..core import AdapterLayer, name_matches, read_adapter_file
 from ..core.inject import pattern_value
 from ..core.io import write_adapter_file
 from ..fileio import atomic_write, write_text_atomic
+from .check import check_adapter_tensors
 from .config import PEFT_TYPE, LieRAConfig, exact_pattern
 
 PEFT_PREFIX = "base_model.model."  # PeftModel's prefix of every adapter key
@@ -104,7 +105,8 @@ def peft_to_liera(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: no ``adapter_config.json`` / ``adapter_model.safetensors`` in ``folder``.
         ValueError: not a LieRA adapter, a pickled ``adapter_model.bin`` (refused: loading it can run code),
-            or an invalid config (naming the file and field).
+            an invalid config (naming the file and field), or a corrupted tensor (NaN / inf, ``lora_scaling`` not
+            positive; naming the file and tensor).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -131,9 +133,11 @@ def peft_to_liera(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config_path}: invalid LieRA config: {err}") from None
     try:
-        tensors = {key.removeprefix(PEFT_PREFIX): value for key, value in load_file(str(weights_path)).items()}
+        stored = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights_path}: not a safetensors file ({err})") from None
+    check_adapter_tensors(stored, weights_path)  # core's rule, as core.load_adapter would apply it to the result
+    tensors = {key.removeprefix(PEFT_PREFIX): value for key, value in stored.items()}
     layers = _layers(tensors)
     if not layers:
         raise ValueError(f"{weights_path}: no LieRA adapter tensors (keys ending in {sorted(LEAVES)})")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
@@ -26,10 +27,25 @@ from torch import nn
 from ..core import AdapterLayer, bases, model_transaction, warn_zero_weights
 from ..core.delta import INITS
 from ..core.inject import pattern_value
+from ..core.io import check_adapter_tensors
 from ..core.scale import ScaleInput, resolve_scalings
 from ..errors import LieraWarning
 from .config import LieRAConfig, exact_pattern
 from .layer import LieRALayer
+
+
+class AdapterConfigs(dict):
+    """``LieRAModel.peft_config``: a dict of adapter name → config whose membership test refuses several names at once
+    with LieRA's explanation. ``PeftModel.set_adapter(["a", "b"])`` asks ``["a", "b"] in peft_config`` before our
+    tuner runs; a plain dict answers with ``TypeError: unhashable type: 'list'``."""
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, (list, tuple, set)):
+            raise ValueError(f"LieRA adapters are named one at a time, got {list(key)!r}: exactly one adapter is "
+                             "active at a time (set_adapter takes one name; Lie updates compose multiplicatively, so "
+                             "several active adapters would not be their sum); merge several one after the other "
+                             "with merge_adapter(adapter_names=[...])")
+        return super().__contains__(key)
 
 
 class LieRAModel(BaseTuner):
@@ -41,6 +57,37 @@ class LieRAModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: LieRAConfig, model_config: dict) -> LieRAConfig:
         return peft_config  # presets are resolved in inject_adapter, where the model is at hand
+
+    def _pre_injection_hook(self, model: nn.Module, config: LieRAConfig, adapter_name: str) -> None:
+        # runs in BaseTuner.__init__ after peft_config is set and before it is shared with the model / PeftModel
+        if type(self.peft_config) is dict:
+            self.peft_config = AdapterConfigs(self.peft_config)
+        super()._pre_injection_hook(model, config, adapter_name)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: LieRAConfig, adapter_name: str,
+                                           state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """PEFT's remapping, after core's check of the tensors (finite, positive ``lora_scaling``): called by
+        ``set_peft_model_state_dict`` for every load, before anything is copied into the model.
+
+        Raises:
+            ValueError: naming the adapter and the tensor at fault.
+        """
+        check_adapter_tensors(state_dict, f"LieRA adapter {adapter_name!r} being loaded")
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+
+    def add_weighted_adapter(self, *args, **kwargs) -> None:
+        """Not supported: PEFT's weighted combination sums the factors of additive updates; LieRA's Lie updates
+        compose multiplicatively (``W ⊙ exp(ΔW)``) and carry per-layer scales, so a weighted sum of their factors
+        is not a meaningful adapter.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError("add_weighted_adapter is not supported for LieRA adapters: PEFT's weighted "
+                                  "combination sums factors of additive (LoRA) updates, while LieRA updates compose "
+                                  "multiplicatively; merge adapters one after the other instead "
+                                  "(merge_adapter(adapter_names=[...]))")
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict=None) -> None:

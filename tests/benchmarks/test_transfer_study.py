@@ -165,3 +165,33 @@ def test_the_study_runs_chooses_on_val_and_resumes(tmp_path, capsys):
     assert len((tmp_path / "out" / ts.RUNS_FILE).read_text().splitlines()) == len(lines)
     with pytest.raises(SystemExit, match="another study setting"):
         ts.main([*tiny, "--epochs", "2"])
+
+
+@pytest.mark.slow
+def test_peft_methods_beside_ours_on_common_layers_at_matched_parameters(tmp_path):
+    """--layers common: PEFT's HiRA refuses depthwise convs, so everyone trains the stem and the downsamples;
+    HiRA (no alpha) is tuned over lr x alpha/r, LoKr over lr and alpha/r; PEFT's W' comes from its own merge."""
+    pytest.importorskip("peft")
+    tiny = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--sizes", "8", "4", "8",
+            "--source-sizes", "20", "10", "10", "--source-epochs", "1", "--epochs", "1", "--batch-size", "8",
+            "--lrs", "1e-3", "--scalings", "1", "8", "--methods", "liera-taylor", "peft-hira", "peft-lokr",
+            "--layers", "common", "--tasks", "synth_shape", "--seeds", "0", "--workers", "1"]
+    summary = {row["method"]: row for row in ts.main(tiny)}
+    runs = [json.loads(line) for line in (tmp_path / "out" / ts.RUNS_FILE).read_text().splitlines()]
+    tune = {(r["method"], r["lr"], r["scaling"]) for r in runs if r["phase"] == "tune"}
+    assert tune == {("liera-taylor", 1e-3, 1), ("liera-taylor", 1e-3, 8), ("peft-lokr", 1e-3, 1),
+                    ("peft-lokr", 1e-3, 8), ("peft-hira", 1e-3, None), ("peft-hira", 8e-3, None)}
+    record = json.loads((tmp_path / "out" / "transfer_study.json").read_text())
+    assert record["peft"]["common_layers"]["layers"] == ["stem.0", "stages.1.downsample.1", "stages.2.downsample.1",
+                                                         "stages.3.downsample.1"]
+    budget = 8 * (4 * 172 + 2 * 240 + 2 * 480 + 2 * 960)  # LieRA-Taylor r8 on those four layers
+    assert record["peft"]["common_layers"]["liera_taylor_adapter_params"] == budget
+    head = 320 * 2 + 320 * 4 + 4
+    assert summary["liera-taylor"]["trainable_params"] == budget + head
+    assert abs(summary["peft-hira"]["trainable_params"] - head - budget) <= 0.05 * budget
+    assert {r["rank"] for r in runs if r["method"] == "peft-hira"} == {18}  # r · (C_in·k² + C_out) per layer
+    final = [r for r in runs if r["phase"] == "final"]
+    assert len(final) == 3 and all(r["rel_update"]["all"] > 0 for r in final)
+    assert all(set(r["rel_update"]) == {"Conv2d 4x4/s4", "Conv2d 2x2/s2", "all"} for r in final), final[0]["rel_update"]
+    with pytest.raises(SystemExit, match="another study setting"):  # other layers: another study
+        ts.main([*tiny[:-8], "--tasks", "synth_shape", "--seeds", "0", "--workers", "1"])

@@ -3,6 +3,7 @@ per-layer rank / alpha patterns, and the weight-derived Lie scale."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -166,3 +167,18 @@ def test_resolved_scale_is_saved_and_reproduces_the_model(tmp_path):
     assert torch.allclose(other(x), expected, atol=1e-6)
     state = model.state_dict()  # Lightning / mmengine checkpoints carry it the same way
     assert all(k in state for k in ("0.lora_scaling.default", "1.lora_scaling.default"))
+
+
+def test_anchored_pattern_keys_match_the_whole_name_only_as_in_peft():
+    """PEFT: ``re.match(rf"(.*\\.)?({key})$", name)``: ``^fc`` is the top-level ``fc`` only, ``fc`` every ``*.fc``."""
+    model = nn.Sequential()
+    model.add_module("fc", nn.Linear(4, 4))
+    model.add_module("blocks", nn.Sequential(nn.Module()))
+    model.blocks[0].add_module("fc", nn.Linear(4, 4))
+    ranks = {}
+    for key in ("^fc", "fc", r"blocks\.0\.fc", "0.fc$"):
+        _, report = apply_adapters(copy.deepcopy(model), AdapterConfig(rank=4, targets="all", rank_pattern={key: 1}))
+        ranks[key] = {layer.name: layer.rank for layer in report.layers}
+    assert ranks["^fc"] == {"fc": 1, "blocks.0.fc": 4}
+    assert ranks["fc"] == {"fc": 1, "blocks.0.fc": 1}
+    assert ranks[r"blocks\.0\.fc"] == ranks["0.fc$"] == {"fc": 4, "blocks.0.fc": 1}

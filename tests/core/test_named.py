@@ -74,18 +74,30 @@ def test_disable_adapters_runs_the_base_model_and_unmerges():
     model = two_adapters()
     adapted = model(x)
     merge_adapters(model)
+    merged_weight = model[0].base_layer.weight.detach().clone()
     with disable_adapters(model):
         assert torch.allclose(model(x), net()(x), atol=1e-6)
         assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
+        with disable_adapters(model):  # nested (a helper that disables internally): still the base model after it
+            pass
+        assert torch.allclose(model(x), net()(x), atol=1e-6)
+        assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
     assert torch.allclose(model(x), adapted, atol=1e-5)
+    # as it was: merged again, with the same weights
+    assert all(layer.merged_adapters == ["default"] for layer in adapter_layers(model).values())
+    assert torch.equal(model[0].base_layer.weight, merged_weight)
 
 
 def test_delete_adapter_unwraps_layers_left_without_one():
     x = torch.randn(2, 3, 8, 8)
     model = two_adapters()
+    out_default = model(x)
     set_adapter(model, "second")
     delete_adapter(model, "second")
     assert active_adapter(model) == "default" and list(adapter_layers(model)) == ["0", "2", "5"]
+    # layer 2 never carried "second" but pointed at it while it was active: every layer runs "default" now
+    assert all(layer.active_adapters == ["default"] for layer in adapter_layers(model).values())
+    assert torch.allclose(model(x), out_default, atol=1e-6)
     delete_adapter(model, "default")
     assert not adapter_layers(model) and get_adapter_config(model) is None
     assert isinstance(model[0], nn.Conv2d)

@@ -105,6 +105,35 @@ def test_torch_compile_of_an_adapted_model_on_cpu():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("composition", ["taylor", "exp", "additive"])
+def test_torch_func_grad_jacrev_and_vmap_agree_with_autograd_and_a_loop(composition):
+    """torch.func transforms an adapted model (per-sample gradients, Jacobians, batching by vmap)."""
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, groups=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    apply_adapters(model, AdapterConfig(rank=2, alpha=2.0, composition=composition, targets="all"))
+    for layer in adapter_layers(model).values():
+        randomize_(layer)
+    x = torch.randn(6, 3, 5, 5)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    factors = {n: p for n, p in params.items() if "lora_" in n}
+
+    def loss(p, xb):
+        return functional_call(model, {**params, **dict(model.named_buffers()), **p}, (xb,)).square().sum()
+
+    expected = torch.autograd.grad(loss({n: p.requires_grad_() for n, p in factors.items()}, x), list(factors.values()))
+    got = grad(loss)({n: p.detach() for n, p in factors.items()}, x)
+    for (name, g), e in zip(got.items(), expected):
+        torch.testing.assert_close(g, e, msg=name)
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(factors, x.unsqueeze(1))  # one gradient per image
+    for name, g in per_sample.items():
+        torch.testing.assert_close(g.sum(0), got[name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(vmap(model)(x.unsqueeze(1)).squeeze(1), model(x))
+    jac = jacrev(lambda p: functional_call(model, {**params, **p}, (x[:1],)))(factors)
+    assert all(j.shape == (1, 3, *factors[n].shape) and j.abs().sum() > 0 for n, j in jac.items())
+
+
 FAST = ({"composition": "taylor", "init": "lora", "post": None},
         {"composition": "exp", "init": "pissa", "post": "dora"},
         {"composition": "additive", "init": "lora", "post": None})

@@ -267,3 +267,42 @@ def test_wrapper_exposes_the_wrapped_layers_attributes():
     assert model[1].bias is model[1].base_layer.bias
     with pytest.raises(AttributeError):
         model[1].no_such_attribute  # noqa: B018
+
+
+def test_a_layer_another_adapter_saves_whole_is_not_adapted_again():
+    """Adapter 'default' trains layer 2 whole (modules_to_save); a second adapter may not wrap it: its file would
+    hold both and load nowhere. A regex naming it raises; a preset passes it over and says why."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3))
+    apply_adapters(model, AdapterConfig(rank=1, targets=["0"], modules_to_save=["2"]))
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer '2' cannot be adapted: adapter 'default' trains '2' whole "
+                                         r"\(modules_to_save\)"):
+        apply_adapters(model, AdapterConfig(rank=1, targets=["2"]), adapter_name="b")
+    assert model.state_dict().keys() == before.keys() and isinstance(model[2], nn.Linear)
+    _, report = apply_adapters(model, AdapterConfig(rank=1, targets="all"), adapter_name="b")
+    assert [layer.name for layer in report.layers] == ["0"]
+    assert report.skipped == [("2", "adapter 'default' trains '2' whole (modules_to_save)")]
+
+
+def test_pefts_own_models_and_layers_are_left_to_peft():
+    """A PeftModel's adapters are PEFT's: core's functions refuse it by name instead of wrapping PEFT's
+    lora_A / lora_B or stripping its layers; a PEFT layer inside a plain model is not a target."""
+    peft = pytest.importorskip("peft")
+    from liera_vision.core import merge_and_unload, save_adapter, set_adapter
+
+    base = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3))
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["0"]))
+    for call in (lambda: apply_adapters(lora, AdapterConfig(rank=1, targets="all")),
+                 lambda: save_adapter(lora, "never.safetensors"), lambda: merge_and_unload(lora),
+                 lambda: set_adapter(lora, "default")):
+        with pytest.raises(ValueError, match=r"PeftModel is a Hugging Face PEFT model, whose adapters PEFT manages"):
+            call()
+    holder = nn.Sequential(lora.base_model.model, nn.Linear(3, 2))  # PEFT's layer inside a plain model
+    with pytest.raises(ValueError, match=r"layer '0.0.base_layer' cannot be adapted: it belongs to Hugging Face "
+                                         r"PEFT's Linear '0.0' \(adapt the model before get_peft_model"):
+        apply_adapters(holder, AdapterConfig(rank=1, targets=[r"0\.0\.base_layer"]))
+    _, report = apply_adapters(holder, AdapterConfig(rank=1, targets="all"))
+    assert [layer.name for layer in report.layers] == ["0.2", "1"]
+    assert ("0.0.base_layer", "it belongs to Hugging Face PEFT's Linear '0.0' (adapt the model before "
+                              "get_peft_model, or through liera_vision.peft)") in report.skipped
+    assert all(name.startswith("0.0.") for name, _ in report.skipped)  # also PEFT's lora_A / lora_B
