@@ -7,6 +7,9 @@ a validation split.
     # the real-image suite from an atto pre-trained on letters (another weight decay: another mean|W|), grid only
     python -m benchmarks.transfer_study --source letters --tasks sk_digits sk_texture sk_rotation \
         --source-weight-decay 0.05 --phases tune --methods lora liera-taylor
+    # PEFT's HiRA and LoKr beside ours, all on the layers HiRA accepts, PEFT's at matched parameters
+    python -m benchmarks.transfer_study --layers common --methods lora liera-taylor peft-hira peft-lokr \
+        --seeds 0 1 --out benchmarks/results/peft
 
 The second prints mean |W| per adapted layer kind of a checkpoint: the study's recommendation for Lie
 updates is alpha / rank ≈ 1 / mean|W| at the protocol's lr (docs/benchmarks.md, part 3).
