@@ -267,7 +267,7 @@ def match_peft(base: nn.Module, kind: str, targets: list[str], params: int) -> t
     return best[:3]
 
 
-def conv_kind(module: nn.Module) -> str:
+def _conv_kind(module: nn.Module) -> str:
     """``Conv2d 7x7 depthwise``, ``Conv2d 4x4``: how PEFT's refusals are grouped in notes."""
     k = "x".join(map(str, module.kernel_size))
     depthwise = module.groups > 1 and module.groups == module.in_channels
@@ -321,7 +321,7 @@ def plan_peft(base: nn.Module, kinds: list[str], rank: int, paper: list[str], la
         if layers == "paper":
             refused = {}
             for name, error in outcome.refused.items():
-                refused.setdefault(conv_kind(base.get_submodule(name)), []).append(error)
+                refused.setdefault(_conv_kind(base.get_submodule(name)), []).append(error)
             note = "; ".join(f"refuses {len(errors)} {k}: {errors[0]}" for k, errors in refused.items())
             if not outcome.accepted:
                 plan.skipped[kind] = f"PEFT accepts none of the {len(paper)} target layers; {note}"

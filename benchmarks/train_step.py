@@ -126,7 +126,6 @@ def build_variants(base: nn.Module, names: list[str], rank: int,
     paper = select_targets(base, AdapterConfig(rank=rank, modules_to_save=[HEAD]))
     head_params = sum(p.numel() for p in base.get_submodule(HEAD).parameters())
     plan = plan_peft(base, [n for n in names if n in PEFT_METHODS], rank, paper, layers)
-    skipped = dict(plan.skipped)
     variants = []
     for name in names:
         model = copy.deepcopy(base).train()
@@ -147,7 +146,7 @@ def build_variants(base: nn.Module, names: list[str], rank: int,
             trainable = count_parameters(model).trainable
             variants.append(Variant(name, model, _optimizer(model), adapted=f"{len(method['layers'])}/{len(paper)}",
                                     note=method["note"], rank=method["rank"], adapter_params=trainable - head_params))
-    return variants, skipped, plan.record
+    return variants, plan.skipped, plan.record
 
 
 def measure(variants: list[Variant], x: torch.Tensor, y: torch.Tensor, *, rounds: int, warmup: int,
